@@ -1,0 +1,58 @@
+"""Atomic file writes: a failed or killed step leaves the previous good output in place."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+
+
+@contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; rename it onto `target` only on success."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(obj: Any, target: str | Path) -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    return Path(target)
+
+
+def write_text(text: str, target: str | Path) -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+    return Path(target)
+
+
+def write_parquet(frame: pl.DataFrame, target: str | Path) -> Path:
+    with atomic_path(target) as tmp:
+        frame.write_parquet(tmp, compression="zstd")
+    return Path(target)
+
+
+def save_torch(obj: Any, target: str | Path) -> Path:
+    with atomic_path(target) as tmp:
+        torch.save(obj, tmp)
+    return Path(target)
+
+
+def load_torch(path: str | Path) -> Any:
+    """Load a tensor file or checkpoint without unpickling arbitrary objects."""
+    return torch.load(path, map_location="cpu", weights_only=True)

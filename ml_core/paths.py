@@ -1,0 +1,73 @@
+"""Where every step reads and writes, derived from one data root and a partition key."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_ROOT = PROJECT_ROOT / "data"
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get("PAMAP_DATA_ROOT", DEFAULT_DATA_ROOT)).resolve()
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    root: Path
+
+    @classmethod
+    def default(cls) -> DataPaths:
+        return cls(default_data_root())
+
+    # --- inputs -------------------------------------------------------------------------
+    @property
+    def raw(self) -> Path:
+        return self.root / "raw"
+
+    @property
+    def dataset(self) -> Path:
+        """The extracted archive's folder, holding Protocol/ and Optional/."""
+        return self.raw / "PAMAP2_Dataset"
+
+    def dat_file(self, session: str, subject: int) -> Path:
+        folder = {"protocol": "Protocol", "optional": "Optional"}[session]
+        return self.dataset / folder / f"subject{subject}.dat"
+
+    # --- per-subject tables -------------------------------------------------------------
+    def table(self, stage: str, subject: int) -> Path:
+        """`stage` is one of raw_recording, validated_recording, imputed_recording."""
+        return self.root / "interim" / stage / f"subject_{subject}.parquet"
+
+    def shard_dir(self, subject: int) -> Path:
+        return self.root / "processed" / f"subject_{subject}"
+
+    def tensor_shard(self, subject: int, activity: int) -> Path:
+        return self.root / "processed_tensors" / f"subject_{subject}" / f"activity_{activity}.pt"
+
+    def tensor_shard_dir(self, subject: int) -> Path:
+        return self.root / "processed_tensors" / f"subject_{subject}"
+
+    # --- per-fold -----------------------------------------------------------------------
+    def fold_dir(self, fold: str) -> Path:
+        return self.root / "folds" / fold
+
+    def manifest(self, fold: str, split: str) -> Path:
+        return self.fold_dir(fold) / f"{split}.txt"
+
+    def feature_stats(self, fold: str) -> Path:
+        return self.fold_dir(fold) / "feature_stats.json"
+
+    # --- per fold x model ---------------------------------------------------------------
+    def model_dir(self, fold: str, model: str) -> Path:
+        return self.root / "models" / fold / model
+
+    def evaluation_dir(self, fold: str, model: str) -> Path:
+        return self.root / "evaluation" / fold / model
+
+    # --- reports ------------------------------------------------------------------------
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
