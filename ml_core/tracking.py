@@ -1,0 +1,108 @@
+"""MLflow tracking: one run per (asset, partition), usable with or without Dagster."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from ml_core.paths import default_data_root
+
+
+def default_tracking_uri() -> str:
+    """A SQLite store at an absolute path inside the project's data folder."""
+    db = default_data_root() / "mlflow" / "mlflow.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
+
+
+def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+    return flat
+
+
+class MlflowTracker:
+    """Thin, explicit wrapper over the MLflow client for one tracking URI and experiment."""
+
+    def __init__(self, tracking_uri: str, experiment: str = "pamap2") -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+
+    @property
+    def is_local_file_store(self) -> bool:
+        return urlparse(self.tracking_uri).scheme in ("sqlite", "file", "")
+
+    def experiment_id(self) -> str:
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        artifact_location = None
+        if self.tracking_uri.startswith("sqlite:///"):
+            # Keep artifacts beside the database, not in whatever directory the run started in.
+            db_path = Path(self.tracking_uri.removeprefix("sqlite:///"))
+            artifact_location = (db_path.parent / "artifacts").resolve().as_uri()
+        return self.client.create_experiment(self.experiment, artifact_location=artifact_location)
+
+    @contextmanager
+    def run(
+        self, run_name: str, tags: Mapping[str, str], run_id: str | None = None
+    ) -> Iterator[str]:
+        """Start (or, given `run_id`, reopen) a run; yields its id and ends it on exit.
+
+        A failure inside marks the run FAILED so the MLflow UI never shows it as running.
+        """
+        mlflow.set_tracking_uri(self.tracking_uri)
+        if run_id is not None:
+            active = mlflow.start_run(run_id=run_id)
+        else:
+            active = mlflow.start_run(
+                experiment_id=self.experiment_id(), run_name=run_name, tags=dict(tags)
+            )
+        try:
+            yield active.info.run_id
+        except BaseException:
+            mlflow.end_run(status="FAILED")
+            raise
+        mlflow.end_run(status="FINISHED")
+
+    def run_exists(self, run_id: str) -> bool:
+        try:
+            self.client.get_run(run_id)
+        except Exception:  # MLflow raises its own exception types per store
+            return False
+        return True
+
+    def run_url(self, run_id: str) -> str:
+        experiment_id = self.experiment_id()
+        base = self.tracking_uri if not self.is_local_file_store else "http://127.0.0.1:5000"
+        return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    @staticmethod
+    def log_params(params: Mapping[str, Any]) -> None:
+        mlflow.log_params(_flatten(params))
+
+    @staticmethod
+    def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+        finite = {k: float(v) for k, v in metrics.items() if v is not None}
+        mlflow.log_metrics(finite, step=step)
+
+    @staticmethod
+    def log_artifact(path: Path, artifact_path: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    @staticmethod
+    def log_artifacts(folder: Path, artifact_path: str | None = None) -> None:
+        mlflow.log_artifacts(str(folder), artifact_path=artifact_path)

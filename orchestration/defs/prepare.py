@@ -1,0 +1,131 @@
+"""Prepare stage: per-activity shards, evaluation folds and per-fold feature statistics."""
+
+import dagster as dg
+
+from ml_core import pipeline
+from orchestration.defs.ingest import imputed_recording
+from orchestration.defs.partitions import fold_partitions, subject_partitions
+from orchestration.defs.resources import DataRoot
+from orchestration.metadata import markdown_table
+
+
+class FoldConfig(dg.Config):
+    """Window length in samples: the gap left between a fold's train, val and test parts."""
+
+    window: int = 256
+
+
+@dg.asset(
+    partitions_def=subject_partitions,
+    group_name="prepare",
+    kinds={"parquet", "pytorch"},
+    deps=[imputed_recording],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "rows_conserved",
+            asset="activity_shards",
+            blocking=True,
+            description="Every imputed row is in exactly one shard: none lost, none duplicated.",
+        )
+    ],
+)
+def activity_shards(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.MaterializeResult:
+    """Per-subject, per-activity shards: `data/processed/subject_<id>/activity_<id>.parquet`
+    (each under 20 MB, split into parts when larger) and float32 tensor shards of the model
+    channels in `data/processed_tensors/subject_<id>/activity_<id>.pt`."""
+    passed, message, report = pipeline.shard_subject(data_root.paths(), int(context.partition_key))
+    rows = [
+        {"activity": s["activity"], "rows": s["rows"], "tensor": s["tensor_path"]}
+        for s in report["shards"]
+    ]
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": report["rows"],
+            "shards": dg.MetadataValue.md(markdown_table(rows)),
+            "n_shards": len(rows),
+            "seconds": report["seconds"],
+        },
+        check_results=[
+            dg.AssetCheckResult(check_name="rows_conserved", passed=passed, metadata={"detail": message})
+        ],
+    )
+
+
+@dg.asset(
+    partitions_def=fold_partitions,
+    group_name="prepare",
+    kinds={"text"},
+    deps=[dg.AssetDep(activity_shards, partition_mapping=dg.AllPartitionMapping())],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "split_integrity",
+            asset="fold_manifests",
+            blocking=True,
+            description="No overlapping ranges; exact 70/15/15 coverage for `stratified`; "
+            "subject-disjoint splits for holdout and LOSO folds.",
+        )
+    ],
+)
+def fold_manifests(
+    context: dg.AssetExecutionContext, config: FoldConfig, data_root: DataRoot
+) -> dg.MaterializeResult:
+    """A fold's `train.txt`, `val.txt` and `test.txt`: one `path,start,end` line per shard range.
+    `stratified` splits every shard 70/15/15 in time; `holdout-106` validates on 105 and tests
+    on 106; `loso-1NN` tests on subject 1NN and validates on the last 15 % of training shards."""
+    fold = context.partition_key
+    result = pipeline.build_fold_manifests(data_root.paths(), fold, window=config.window)
+    report = result["report"]
+    checks = result["checks"]
+    passed = all(ok for ok, _ in checks.values())
+    for note in report.notes:
+        context.log.warning(f"{fold}: {note}")
+    split_rows = [
+        {
+            "split": split,
+            "rows": report.rows[split],
+            "windows": report.windows[split],
+            "subjects": ", ".join(str(s) for s in report.subjects[split]),
+            "activities": len(report.activities[split]),
+        }
+        for split in report.rows
+    ]
+    return dg.MaterializeResult(
+        metadata={
+            "splits": dg.MetadataValue.md(markdown_table(split_rows)),
+            "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in report.notes) or "_none_"),
+            "folder": dg.MetadataValue.path(str(data_root.paths().fold_dir(fold))),
+            "seconds": result["seconds"],
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="split_integrity",
+                passed=passed,
+                metadata={name: msg for name, (_, msg) in checks.items()},
+            )
+        ],
+    )
+
+
+@dg.asset(
+    partitions_def=fold_partitions,
+    group_name="prepare",
+    kinds={"json"},
+    deps=[fold_manifests],
+)
+def feature_stats(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.MaterializeResult:
+    """Per-channel transform, mean and standard deviation computed by streaming over the fold's
+    train rows only: validation and test rows are never read."""
+    result = pipeline.fold_feature_stats(data_root.paths(), context.partition_key)
+    stats = result["stats"]
+    rows = [
+        {"channel": name, "mean": f["mean"], "std": f["std"], "nan_fraction": f["nan_fraction"]}
+        for name, f in stats["per_feature"].items()
+    ]
+    return dg.MaterializeResult(
+        metadata={
+            "train_rows": stats["train_rows"],
+            "per_feature": dg.MetadataValue.md(markdown_table(rows)),
+            "path": dg.MetadataValue.path(result["path"]),
+            "seconds": result["seconds"],
+        }
+    )

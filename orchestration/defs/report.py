@@ -1,0 +1,28 @@
+"""Report stage: every model x fold side by side."""
+
+import dagster as dg
+
+from ml_core import pipeline
+from orchestration.defs.resources import DataRoot, MlflowTracking
+from orchestration.defs.train import evaluation_bundle
+
+
+@dg.asset(
+    group_name="report",
+    kinds={"markdown", "mlflow"},
+    deps=[dg.AssetDep(evaluation_bundle, partition_mapping=dg.AllPartitionMapping())],
+)
+def leaderboard(data_root: DataRoot, mlflow: MlflowTracking) -> dg.MaterializeResult:
+    """Test macro F1 and accuracy of every evaluated model on `stratified`, `holdout-106` and
+    mean +- std over the LOSO folds, with the gap between the within-subject split and LOSO.
+    Written as markdown, JSON and a plot, and logged to MLflow."""
+    result = pipeline.build_report(data_root.paths(), tracker=mlflow.tracker())
+    return dg.MaterializeResult(
+        metadata={
+            "leaderboard": dg.MetadataValue.md(result["markdown"]),
+            "evaluated_fold_models": result["n_records"],
+            "plot": dg.MetadataValue.md(f"![leaderboard]({result['plot_data_uri']})"),
+            "folder": dg.MetadataValue.path(result["folder"]),
+            "mlflow_run": dg.MetadataValue.url(result["mlflow_url"]),
+        }
+    )

@@ -1,0 +1,36 @@
+"""Instance-level settings as resources: where data lives and where MLflow logs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from ml_core.paths import DataPaths, default_data_root
+from ml_core.tracking import MlflowTracker, default_tracking_uri
+
+
+class DataRoot(dg.ConfigurableResource):
+    """The data folder every asset reads and writes (env `PAMAP_DATA_ROOT`, default `./data`)."""
+
+    path: str | None = None
+
+    def paths(self) -> DataPaths:
+        return DataPaths(Path(self.path).resolve() if self.path else default_data_root())
+
+
+class MlflowTracking(dg.ConfigurableResource):
+    """MLflow tracking (env `MLFLOW_TRACKING_URI`; default a SQLite file inside the project)."""
+
+    tracking_uri: str | None = None
+    experiment: str = "pamap2"
+
+    def tracker(self) -> MlflowTracker:
+        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+        return MlflowTracker(tracking_uri=uri, experiment=self.experiment)
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    return dg.Definitions(resources={"data_root": DataRoot(), "mlflow": MlflowTracking()})
