@@ -11,6 +11,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
     columns = list(columns or rows[0].keys())
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in (row.get(c) for c in columns)]
+        cells = [
+            f"{v:.4g}" if isinstance(v, float) else str(v) for v in (row.get(c) for c in columns)
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -26,6 +26,11 @@ training_job = dg.define_asset_job(
     partitions_def=fold_model_partitions,
     description="Train and evaluate one fold x model.",
 )
+report_job = dg.define_asset_job(
+    "report_job",
+    selection=dg.AssetSelection.assets("leaderboard"),
+    description="Rebuild the leaderboard from every evaluation bundle.",
+)
 
 
 @dg.schedule(
@@ -35,7 +40,11 @@ training_job = dg.define_asset_job(
     description="Weekly backfill of every fold x model partition of the training job.",
 )
 def fold_backfill_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
-    tick = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else "manual"
+    tick = (
+        context.scheduled_execution_time.isoformat()
+        if context.scheduled_execution_time
+        else "manual"
+    )
     return [
         dg.RunRequest(run_key=f"{key}@{tick}", partition_key=key)
         for key in fold_model_partitions.get_partition_keys()

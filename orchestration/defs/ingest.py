@@ -3,9 +3,10 @@
 import dagster as dg
 
 from ml_core import pipeline
-from orchestration.metadata import markdown_table
+from ml_core.raw_files import raw_file_fingerprints, subject_fingerprint
 from orchestration.defs.partitions import subject_partitions
 from orchestration.defs.resources import DataRoot
+from orchestration.metadata import markdown_table
 
 
 def _subject(context: dg.AssetExecutionContext) -> int:
@@ -29,6 +30,9 @@ def raw_recording(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.
             "path": dg.MetadataValue.path(report["path"]),
             "size_mb": report["size_mb"],
             "parse_seconds": report["seconds"],
+            "source_fingerprint": subject_fingerprint(
+                raw_file_fingerprints(data_root.paths()), _subject(context)
+            ),
         }
     )
 
@@ -60,7 +64,9 @@ def validated_recording(
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={
             "failures": result.n_failures,
-            "failure_cases": dg.MetadataValue.md(markdown_table(result.failure_cases.head(20).to_dicts())),
+            "failure_cases": dg.MetadataValue.md(
+                markdown_table(result.failure_cases.head(20).to_dicts())
+            ),
         },
     )
     if not result.passed:
@@ -104,4 +110,3 @@ def imputed_recording(
             "imputation": dg.MetadataValue.json(report),
         }
     )
-

@@ -46,7 +46,9 @@ def activity_shards(context: dg.AssetExecutionContext, data_root: DataRoot) -> d
             "seconds": report["seconds"],
         },
         check_results=[
-            dg.AssetCheckResult(check_name="rows_conserved", passed=passed, metadata={"detail": message})
+            dg.AssetCheckResult(
+                check_name="rows_conserved", passed=passed, metadata={"detail": message}
+            )
         ],
     )
 

@@ -1,9 +1,9 @@
 """Train stage: one model per fold x model partition, then its evaluation bundle."""
 
 import dagster as dg
+from ml_core.train import TrainConfig
 
 from ml_core import pipeline
-from ml_core.train import TrainConfig
 from orchestration.defs.partitions import fold_and_model, fold_model_partitions
 from orchestration.defs.prepare import feature_stats
 from orchestration.defs.resources import DataRoot, MlflowTracking
@@ -47,7 +47,9 @@ def _run_tags(context: dg.AssetExecutionContext, fold: str, model: str) -> dict[
     deps=[
         dg.AssetDep(
             feature_stats,
-            partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="fold"),
+            partition_mapping=dg.MultiToSingleDimensionPartitionMapping(
+                partition_dimension_name="fold"
+            ),
         )
     ],
     pool=TRAINING_POOL,
@@ -71,7 +73,9 @@ def trained_model(
     fold, model = fold_and_model(context)
     resume = config.resume or context.retry_number > 0
     if resume:
-        context.log.info(f"resuming {fold}/{model} from its last checkpoint (retry {context.retry_number})")
+        context.log.info(
+            f"resuming {fold}/{model} from its last checkpoint (retry {context.retry_number})"
+        )
 
     def log_epoch(record: dict) -> None:
         context.log.info(
@@ -143,7 +147,11 @@ def evaluation_bundle(
     MLflow run."""
     fold, model = fold_and_model(context)
     result = pipeline.evaluate_fold_model(
-        data_root.paths(), fold, model, tracker=mlflow.tracker(), tags=_run_tags(context, fold, model)
+        data_root.paths(),
+        fold,
+        model,
+        tracker=mlflow.tracker(),
+        tags=_run_tags(context, fold, model),
     )
     summary = result["summary"]
     for note in result["notes"]:
