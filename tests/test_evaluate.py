@@ -1,0 +1,258 @@
+"""Evaluation metrics, calibration and the evaluation bundle files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score
+
+from ml_core.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    nll_from_logits,
+    reliability_table,
+    softmax,
+)
+from ml_core.columns import ACTIVITY_NAMES, PROTOCOL_ACTIVITIES
+from ml_core.evaluate import (
+    BUNDLE_FILES,
+    bundle_files,
+    check_bundle_complete,
+    classification_metrics,
+    write_evaluation_bundle,
+)
+
+NAMES = [ACTIVITY_NAMES[c] for c in PROTOCOL_ACTIVITIES]
+K = len(PROTOCOL_ACTIVITIES)
+
+
+def sample_labels(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
+    """One label per row drawn from that row's class probabilities."""
+    return (rng.random(len(probs))[:, None] < probs.cumsum(axis=1)).argmax(axis=1)
+
+
+def calibrated(rng: np.random.Generator, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels drawn from softmax(logits): calibrated by construction."""
+    logits = rng.normal(0.0, 2.0, size=(n, k))
+    return logits, sample_labels(rng, softmax(logits))
+
+
+def strict_json(path: Path) -> dict:
+    """Parse JSON, failing on NaN / Infinity (absent classes must be null, not NaN)."""
+
+    def reject(token: str) -> None:
+        raise AssertionError(f"{path.name} contains {token}")
+
+    return json.loads(path.read_text(), parse_constant=reject)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_classification_metrics_equal_sklearn(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    y_true = rng.integers(0, K - 2, size=400)  # the last two classes never occur in y_true
+    y_pred = np.where(rng.random(400) < 0.6, y_true, rng.integers(0, K - 1, size=400))
+    m = classification_metrics(y_true, y_pred, K)
+
+    assert m["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert m["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert m["weighted_f1"] == pytest.approx(f1_score(y_true, y_pred, average="weighted"))
+    with pytest.warns(UserWarning, match="y_pred contains classes not in y_true"):
+        expected_bacc = balanced_accuracy_score(y_true, y_pred)
+    assert m["balanced_accuracy"] == pytest.approx(expected_bacc)
+    present = np.unique(y_true)
+    expected_recall = recall_score(y_true, y_pred, labels=present, average=None)
+    assert [m["per_class_recall"][i] for i in present] == pytest.approx(expected_recall)
+    assert m["per_class_recall"][K - 1] is None and m["per_class_recall"][K - 2] is None
+    assert m["classes_in_y_true"] == present.tolist()
+    assert m["classes_in_y_true_or_pred"] == np.union1d(y_true, y_pred).tolist()
+
+
+def test_per_class_recall_and_absent_classes() -> None:
+    y_true = np.array([0, 0, 1, 1, 1, 3])
+    y_pred = np.array([0, 1, 1, 1, 0, 3])
+    m = classification_metrics(y_true, y_pred, 5)
+    assert m["per_class_recall"] == pytest.approx([0.5, 2 / 3, None, 1.0, None])
+    # Balanced accuracy averages the three classes present in y_true only.
+    assert m["balanced_accuracy"] == pytest.approx((0.5 + 2 / 3 + 1.0) / 3)
+    # Class 2 and 4 occur nowhere, so macro F1 averages classes 0, 1 and 3.
+    assert m["classes_in_y_true_or_pred"] == [0, 1, 3]
+
+
+def test_classification_metrics_rejects_out_of_range_labels() -> None:
+    with pytest.raises(ValueError, match="y_pred must lie in 0..2"):
+        classification_metrics(np.array([0, 1]), np.array([0, 3]), 3)
+
+
+def test_ece_near_zero_when_calibrated_and_large_when_overconfident() -> None:
+    rng = np.random.default_rng(0)
+    logits, y = calibrated(rng, 20_000, 5)
+    assert expected_calibration_error(softmax(logits), y) < 0.02
+    assert expected_calibration_error(softmax(3.0 * logits), y) > 0.1
+
+
+def test_reliability_table_bins() -> None:
+    # Every prediction says 0.9 for class 0; half are right: one bin, |0.5 - 0.9| = 0.4.
+    probs = np.tile([0.9, 0.1], (10, 1))
+    y = np.array([0, 1] * 5)
+    table = reliability_table(probs, y, n_bins=10)
+    assert table["counts"] == [0] * 9 + [10]
+    assert table["accuracy"][9] == pytest.approx(0.5)
+    assert table["confidence"][9] == pytest.approx(0.9)
+    assert table["accuracy"][0] is None
+    assert table["bin_edges"] == pytest.approx(np.linspace(0, 1, 11))
+    assert table["ece"] == pytest.approx(0.4)
+
+
+def test_temperature_scaling_recovers_scale_and_reduces_nll() -> None:
+    rng = np.random.default_rng(1)
+    val_logits, val_y = calibrated(rng, 5000, 6)
+    overconfident = 2.0 * val_logits
+    temperature = fit_temperature(overconfident, val_y)
+    assert temperature == pytest.approx(2.0, rel=0.1)
+    assert nll_from_logits(overconfident, val_y, temperature) < nll_from_logits(
+        overconfident, val_y
+    )
+    # The fitted temperature is the minimum: nudging it either way does not help.
+    best = nll_from_logits(overconfident, val_y, temperature)
+    assert best <= nll_from_logits(overconfident, val_y, temperature * 1.05)
+    assert best <= nll_from_logits(overconfident, val_y, temperature / 1.05)
+
+
+def test_fit_temperature_rejects_bad_labels() -> None:
+    with pytest.raises(ValueError, match="labels must lie in 0..2"):
+        fit_temperature(np.zeros((3, 3)), np.array([0, 1, 3]))
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, np.ndarray]:
+    rng = np.random.default_rng(2)
+    logits, y = calibrated(rng, 600, K)
+    val_logits, val_y = calibrated(rng, 600, K)
+    out = tmp_path_factory.mktemp("bundle")
+    summary = write_evaluation_bundle(
+        out,
+        y,
+        softmax(2.5 * logits),
+        PROTOCOL_ACTIVITIES,
+        "fold stratified, model lstm",
+        val_logits=2.5 * val_logits,
+        val_y=val_y,
+        test_logits=2.5 * logits,
+    )
+    return out, summary, y
+
+
+def test_bundle_writes_every_file(bundle: tuple[Path, dict, np.ndarray]) -> None:
+    out, _, _ = bundle
+    assert sorted(p.name for p in out.iterdir()) == sorted(BUNDLE_FILES)
+    assert check_bundle_complete(out) == (True, [])
+
+
+def test_check_bundle_complete_names_missing_file(
+    bundle: tuple[Path, dict, np.ndarray], tmp_path: Path
+) -> None:
+    out, _, _ = bundle
+    for path in bundle_files(out):
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    (tmp_path / "roc_curves.png").unlink()
+    assert check_bundle_complete(tmp_path) == (False, ["roc_curves.png"])
+
+
+def test_summary_metrics(bundle: tuple[Path, dict, np.ndarray]) -> None:
+    out, summary, y = bundle
+    assert strict_json(out / "summary_metrics.json") == summary
+    assert summary["n_test"] == len(y)
+    assert summary["n_classes_present"] == len(np.unique(y))
+    assert list(summary["per_class_recall"]) == NAMES
+    for key in ("accuracy", "macro_f1", "weighted_f1", "balanced_accuracy"):
+        assert 0.0 <= summary[key] <= 1.0
+    cal = summary["calibration"]
+    # The test probabilities were made overconfident ×2.5; scaling on val logits undoes it.
+    assert cal["temperature"] == pytest.approx(2.5, rel=0.2)
+    assert cal["nll_after"] < cal["nll_before"]
+    assert cal["ece_after"] < cal["ece_before"]
+
+
+def test_classification_report_uses_activity_names(bundle: tuple[Path, dict, np.ndarray]) -> None:
+    out, summary, _ = bundle
+    report = strict_json(out / "classification_report.json")
+    for name in NAMES:
+        assert report[name]["recall"] == pytest.approx(summary["per_class_recall"][name])
+    assert report["macro avg"]["f1-score"] == pytest.approx(summary["macro_f1"])
+
+
+def test_confusion_matrix_csv(bundle: tuple[Path, dict, np.ndarray]) -> None:
+    out, _, y = bundle
+    rows = list(csv.reader((out / "confusion_matrix.csv").open()))
+    assert rows[0][1:] == NAMES
+    assert [r[0] for r in rows[1:]] == NAMES
+    counts = np.array([[int(v) for v in r[1:]] for r in rows[1:]])
+    assert counts.sum() == len(y)
+    assert counts.sum(axis=1).tolist() == np.bincount(y, minlength=K).tolist()
+
+
+def test_curves_and_reliability_json(bundle: tuple[Path, dict, np.ndarray]) -> None:
+    out, summary, y = bundle
+    roc = strict_json(out / "roc_curves.json")
+    pr = strict_json(out / "pr_curves.json")
+    assert list(roc["per_class"]) == NAMES
+    aucs = [c["auc"] for c in roc["per_class"].values()]
+    assert roc["macro_auc"] == pytest.approx(np.mean(aucs))
+    assert summary["roc_macro_auc"] == roc["macro_auc"]
+    assert all(0.5 < a <= 1.0 for a in aucs)  # informative logits beat chance
+    for c in pr["per_class"].values():
+        assert c["average_precision"] > c["prevalence"]
+    reliability = strict_json(out / "reliability.json")
+    assert set(reliability["tables"]) == {"before temperature scaling", "after temperature scaling"}
+    assert sum(reliability["tables"]["before temperature scaling"]["counts"]) == len(y)
+
+
+@pytest.mark.parametrize(
+    "name", ["confusion_matrix.png", "roc_curves.png", "pr_curves.png", "reliability.png"]
+)
+def test_plots_are_valid_images(bundle: tuple[Path, dict, np.ndarray], name: str) -> None:
+    image = imread(bundle[0] / name)
+    assert image.shape[0] >= 500 and image.shape[1] >= 500
+    assert image.std() > 0.01  # something was drawn
+
+
+def test_bundle_with_single_class_test_set(tmp_path: Path) -> None:
+    # Like LOSO fold 109: the test subject only did rope jumping (the last protocol class).
+    rng = np.random.default_rng(3)
+    y = np.full(50, K - 1)
+    probs = softmax(rng.normal(size=(50, K)))
+    summary = write_evaluation_bundle(tmp_path, y, probs, PROTOCOL_ACTIVITIES, "fold loso-109")
+    assert check_bundle_complete(tmp_path) == (True, [])
+    assert summary["n_classes_present"] == 1
+    assert summary["per_class_recall"]["lying"] is None
+    assert summary["per_class_recall"]["rope jumping"] == pytest.approx(
+        float((probs.argmax(axis=1) == K - 1).mean())
+    )
+    assert summary["roc_macro_auc"] is None  # no class has both positives and negatives
+    assert "temperature" not in summary["calibration"]
+    roc = strict_json(tmp_path / "roc_curves.json")
+    assert roc["per_class"]["rope jumping"]["reason"] == "no negatives in y_true"
+    pr = strict_json(tmp_path / "pr_curves.json")
+    assert pr["per_class"]["lying"]["average_precision"] is None
+    assert pr["macro_average_precision"] == pytest.approx(1.0)
+    for name in BUNDLE_FILES:
+        if name.endswith(".json"):
+            strict_json(tmp_path / name)
+
+
+def test_bundle_rejects_mismatched_inputs(tmp_path: Path) -> None:
+    probs = softmax(np.zeros((4, K)))
+    with pytest.raises(ValueError, match="probs must have shape"):
+        write_evaluation_bundle(tmp_path, np.zeros(4, dtype=int), probs[:, :3], [1, 2], "t")
+    with pytest.raises(ValueError, match="unknown activity ids"):
+        write_evaluation_bundle(tmp_path, np.zeros(4, dtype=int), probs, [99] * K, "t")
+    with pytest.raises(ValueError, match="val_logits and val_y"):
+        write_evaluation_bundle(
+            tmp_path, np.zeros(4, dtype=int), probs, PROTOCOL_ACTIVITIES, "t", val_y=np.zeros(4)
+        )
+    assert not any(tmp_path.iterdir())  # nothing half-written
