@@ -108,10 +108,10 @@ def build_fold_manifests(paths: DataPaths, fold: str, window: int = 256) -> dict
             f"no activity shards under {paths.root}: materialize activity_shards first"
         )
     ranges = fold_lib.build_fold(fold, shards, window=window)
-    report = fold_lib.write_manifests(paths, fold, ranges)
+    report = fold_lib.write_manifests(paths, fold, ranges, window=window, shards=shards)
     checks = {"no_overlap": fold_lib.check_no_overlap(ranges)}
     if fold == "stratified":
-        checks["coverage_70_15_15"] = fold_lib.check_stratified_coverage(ranges)
+        checks["coverage_70_15_15"] = fold_lib.check_stratified_coverage(ranges, window=window)
     else:
         checks["subject_disjoint"] = fold_lib.check_subject_disjoint(ranges)
     return {
