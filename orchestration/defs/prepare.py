@@ -35,7 +35,7 @@ def activity_shards(context: dg.AssetExecutionContext, data_root: DataRoot) -> d
     channels in `data/processed_tensors/subject_<id>/activity_<id>.pt`."""
     passed, message, report = pipeline.shard_subject(data_root.paths(), int(context.partition_key))
     rows = [
-        {"activity": s["activity"], "rows": s["rows"], "tensor": s["tensor_path"]}
+        {"activity": s["activity"], "rows": s["rows"], "tensor": s["tensor"]}
         for s in report["shards"]
     ]
     return dg.MaterializeResult(

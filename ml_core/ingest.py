@@ -1,0 +1,158 @@
+"""Parse raw PAMAP2 `.dat` recordings into the 56-field table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from ml_core.columns import (
+    ACTIVITY,
+    DAT_COLUMNS,
+    SESSION,
+    SESSIONS,
+    SUBJECT,
+    TABLE_COLUMNS,
+    TIMESTAMP,
+)
+from ml_core.paths import DataPaths
+
+# Float64 keeps the 0.01 s timestamp grid exact over hours; the sensors fit in Float32.
+DAT_DTYPES: dict[str, pl.DataType] = {
+    c: pl.Float64() if c == TIMESTAMP else pl.Int16() if c == ACTIVITY else pl.Float32()
+    for c in DAT_COLUMNS
+}
+TABLE_DTYPES: dict[str, pl.DataType] = {**DAT_DTYPES, SUBJECT: pl.Int16(), SESSION: pl.String()}
+MAX_REPORTED_LINES = 5
+TRAILING_FIELD = "_trailing"
+
+
+class MalformedRecordingError(ValueError):
+    """A `.dat` file that is empty or holds a line that is not 54 numeric fields."""
+
+
+def read_dat(path: Path, subject: int, session: str) -> pl.DataFrame:
+    """Parse one `.dat` file into the 56-field table (TABLE_COLUMNS order and TABLE_DTYPES).
+
+    Accepts LF or CRLF line ends, trailing spaces, blank lines and a missing final newline;
+    `NaN` tokens become NaN. Raises FileNotFoundError for a missing file and
+    MalformedRecordingError for an empty file or a line that is not 54 numbers.
+    """
+    path = Path(path)
+    if session not in SESSIONS:
+        raise ValueError(f"session must be one of {SESSIONS}, got {session!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"recording not found: {path}")
+    if path.stat().st_size == 0:
+        raise MalformedRecordingError(f"{path}: file is empty")
+    values = _read_fast(path)
+    if values is None:
+        values = _read_lines(path)
+    return values.with_columns(
+        pl.lit(subject, dtype=pl.Int16).alias(SUBJECT),
+        pl.lit(session, dtype=pl.String).alias(SESSION),
+    ).select(TABLE_COLUMNS)
+
+
+def read_subject(paths: DataPaths, subject: int) -> pl.DataFrame:
+    """Protocol recording (required) plus the Optional one when present, sorted by session
+    (protocol first) then timestamp."""
+    frames = [read_dat(paths.dat_file("protocol", subject), subject, "protocol")]
+    optional = paths.dat_file("optional", subject)
+    if optional.is_file():
+        frames.append(read_dat(optional, subject, "optional"))
+    session_rank = pl.col(SESSION).replace_strict(
+        {s: i for i, s in enumerate(SESSIONS)}, return_dtype=pl.Int8
+    )
+    return pl.concat(frames).sort(session_rank, pl.col(TIMESTAMP), maintain_order=True)
+
+
+def _read_fast(path: Path) -> pl.DataFrame | None:
+    """The multithreaded CSV reader; None when the file needs the line-by-line path
+    (blank lines, runs of spaces, or a malformed line to locate)."""
+    try:
+        frame = pl.read_csv(
+            path,
+            separator=" ",
+            has_header=False,
+            # One trailing space reads as an empty 55th field; a real 55th value lands here too.
+            schema={**DAT_DTYPES, TRAILING_FIELD: pl.String()},
+            missing_columns="insert",
+            quote_char=None,
+        )
+    except pl.exceptions.PolarsError:
+        return None
+    # A short line or an empty field parses as null; "NaN" parses as NaN, never null.
+    values = frame.drop(TRAILING_FIELD)
+    if (
+        frame.height == 0
+        or frame[TRAILING_FIELD].null_count() != frame.height
+        or values.null_count().sum_horizontal().item() > 0
+    ):
+        return None
+    return values
+
+
+def _read_lines(path: Path) -> pl.DataFrame:
+    """Split every line into tokens and cast them in one vectorised pass; this path defines
+    what a valid file is and names the file, line and field of anything malformed."""
+    lines = (
+        pl.read_lines(path, name="line", row_index_name="line_no", row_index_offset=1)
+        .with_columns(pl.col("line").str.strip_chars())
+        .filter(pl.col("line") != "")  # blank lines hold no record
+    )
+    if lines.height == 0:
+        raise MalformedRecordingError(f"{path}: file is empty (no records, only blank lines)")
+    fields = [pl.col("tokens").list.get(i, null_on_oob=True) for i in range(len(DAT_COLUMNS))]
+    parsed = (
+        lines.select("line_no", pl.col("line").str.split(" ").alias("tokens"))
+        .with_columns(
+            pl.col("tokens").list.len().alias("n_fields"),
+            *(
+                f.cast(dtype, strict=False).alias(c)
+                for f, (c, dtype) in zip(fields, DAT_DTYPES.items(), strict=True)
+            ),
+        )
+        # A token that is present but did not cast is not a number.
+        .with_columns(
+            (f.is_not_null() & pl.col(c).is_null()).alias(f"bad_{i}")
+            for i, (f, c) in enumerate(zip(fields, DAT_COLUMNS, strict=True))
+        )
+    )
+    bad_flags = [f"bad_{i}" for i in range(len(DAT_COLUMNS))]
+    bad = parsed.filter(
+        (pl.col("n_fields") != len(DAT_COLUMNS)) | pl.any_horizontal(bad_flags)
+    ).sort("line_no")
+    if bad.height > 0:
+        raise MalformedRecordingError(_describe_bad_lines(path, bad))
+    return parsed.select(DAT_COLUMNS)
+
+
+def _describe_bad_lines(path: Path, bad: pl.DataFrame) -> str:
+    """One message line per malformed line (the first few), naming line, field and token."""
+    n_expected = len(DAT_COLUMNS)
+    details = []
+    for row in bad.head(MAX_REPORTED_LINES).iter_rows(named=True):
+        line_no, n_fields, tokens = row["line_no"], row["n_fields"], row["tokens"]
+        problems = []
+        if n_fields < n_expected:
+            problems.append(
+                f"{n_fields} fields, expected {n_expected}: field {n_fields + 1} "
+                f"({DAT_COLUMNS[n_fields]}) is missing"
+            )
+        elif n_fields > n_expected:
+            problems.append(
+                f"{n_fields} fields, expected {n_expected}: extra field {n_expected + 1} "
+                f"{tokens[n_expected]!r}"
+            )
+        for i, column in enumerate(DAT_COLUMNS):
+            if row[f"bad_{i}"]:
+                kind = "an integer" if DAT_DTYPES[column] == pl.Int16 else "a number"
+                what = "is empty" if tokens[i] == "" else f"token {tokens[i]!r} is not {kind}"
+                problems.append(f"field {i + 1} ({column}) {what}")
+                break  # the first bad token is enough to find the line
+        details.append(f"  line {line_no}: " + "; ".join(problems))
+    more = bad.height - MAX_REPORTED_LINES
+    if more > 0:
+        details.append(f"  ... and {more} more malformed lines")
+    return f"{path}: {bad.height} malformed line(s)\n" + "\n".join(details)
