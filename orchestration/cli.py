@@ -22,7 +22,7 @@ def _synth(args: argparse.Namespace) -> int:
     paths = DataPaths(Path(args.data_root).resolve())
     print(f"writing {args.scale} synthetic PAMAP2 data (seed {args.seed}) to {paths.dataset}")
     summary = write_dataset(paths.raw, scale=args.scale, seed=args.seed)
-    rows, files, seconds = summary["total_rows"], len(summary["files"]), summary["seconds"]
+    rows, files, seconds = summary["rows"], len(summary["files"]), summary["seconds"]
     print(f"{rows:,} rows in {files} files, {seconds:.1f}s")
     return 0
 

@@ -86,7 +86,6 @@ def run_demo(
     force: bool = False,
 ) -> int:
     from ml_core.synthetic import write_dataset
-
     from orchestration.definitions import defs as load_defs
 
     began = time.perf_counter()
@@ -99,7 +98,7 @@ def run_demo(
         print(f"no PAMAP2 files in {paths.dataset}: writing the {scale}-scale synthetic set")
         summary = write_dataset(paths.raw, scale=scale, seed=0)
         synth_s = summary["seconds"]
-        print(f"  {summary['total_rows']:,} rows in {len(summary['files'])} files")
+        print(f"  {summary['rows']:,} rows in {len(summary['files'])} files")
         fingerprints = raw_file_fingerprints(paths)
 
     definitions = load_defs()

@@ -5,25 +5,22 @@ import json
 import dagster as dg
 
 from ml_core.raw_files import changed_subjects, raw_file_fingerprints, subject_fingerprint
-from orchestration.defs.partitions import fold_model_partitions, fold_partitions, subject_partitions
+from orchestration.defs.partitions import fold_model_partitions
 from orchestration.defs.resources import DataRoot
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=dg.AssetSelection.groups("ingest") | dg.AssetSelection.assets("activity_shards"),
-    partitions_def=subject_partitions,
     description="Parse, validate, impute and shard one subject.",
 )
 prepare_job = dg.define_asset_job(
     "prepare_job",
     selection=dg.AssetSelection.assets("fold_manifests", "feature_stats"),
-    partitions_def=fold_partitions,
     description="Build one fold's manifests and feature statistics.",
 )
 training_job = dg.define_asset_job(
     "training_job",
     selection=dg.AssetSelection.assets("trained_model", "evaluation_bundle"),
-    partitions_def=fold_model_partitions,
     description="Train and evaluate one fold x model.",
 )
 report_job = dg.define_asset_job(

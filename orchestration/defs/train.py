@@ -1,9 +1,9 @@
 """Train stage: one model per fold x model partition, then its evaluation bundle."""
 
 import dagster as dg
-from ml_core.train import TrainConfig
 
 from ml_core import pipeline
+from ml_core.train import TrainConfig
 from orchestration.defs.partitions import fold_and_model, fold_model_partitions
 from orchestration.defs.prepare import feature_stats
 from orchestration.defs.resources import DataRoot, MlflowTracking
@@ -37,7 +37,7 @@ class TrainingConfig(dg.Config):
 
 
 def _run_tags(context: dg.AssetExecutionContext, fold: str, model: str) -> dict[str, str]:
-    return {"dagster.run_id": context.run_id, "fold": fold, "model": model}
+    return {"dagster.run_id": context.run.run_id, "fold": fold, "model": model}
 
 
 @dg.asset(

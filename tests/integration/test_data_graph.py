@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -17,27 +16,16 @@ import pytest
 from ml_core.columns import SUBJECTS
 from ml_core.folds import FOLD_NAMES, read_manifest
 from ml_core.paths import DataPaths
-from orchestration.definitions import defs as load_defs
+from tests.integration.conftest import execute
 
 
 def _run(job_name: str, partition: str, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    job = load_defs().resolve_job_def(job_name)
-    return job.execute_in_process(instance=instance, partition_key=partition, raise_on_error=False)
+    return execute(job_name, instance, partition)
 
 
 @pytest.fixture(scope="module")
-def prepared(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataPaths]:
-    """Every subject ingested and every fold prepared, in a private copy of the tiny data."""
-    root = tmp_path_factory.mktemp("graph")
-    shutil.copytree(tiny_dataset, root / "raw")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("PAMAP_DATA_ROOT", str(root))
-        instance = dg.DagsterInstance.ephemeral()
-        for subject in SUBJECTS:
-            assert _run("ingest_job", str(subject), instance).success, subject
-        for fold in FOLD_NAMES:
-            assert _run("prepare_job", fold, instance).success, fold
-        yield DataPaths(root)
+def prepared(prepared_root: Path) -> DataPaths:
+    return DataPaths(prepared_root)
 
 
 def test_every_subject_is_sharded_without_losing_rows(prepared: DataPaths) -> None:
