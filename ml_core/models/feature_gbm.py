@@ -33,7 +33,7 @@ _PREDICT_CHUNK = 4096
 class FeatureGBMConfig:
     """Small defaults so a fold fits in seconds on a laptop CPU."""
 
-    max_iter: int = 100
+    max_iter: int = 50
     learning_rate: float = 0.1
     max_leaf_nodes: int = 15
     min_samples_leaf: int = 20
@@ -48,14 +48,14 @@ def _sorted_quantiles(ordered: Tensor, count: Tensor, qs: tuple[float, ...]) -> 
     ordered: [N, T, C] sorted along dim 1 with absent samples last; count: [N, 1] present
     samples. Returns [len(qs), N, C]. (torch.nanquantile refuses inputs over 16M elements.)
     """
-    last = (count - 1).clamp(min=0).to(ordered.dtype).expand(-1, ordered.shape[2])
+    last = (count - 1).clamp(min=0).double()
     out = []
     for q in qs:
-        pos = q * last
+        pos = q * last  # [N, 1]: the same position for every channel of a window
         lo, hi = pos.floor().long(), pos.ceil().long()
-        v_lo = ordered.gather(1, lo[:, None]).squeeze(1)
-        v_hi = ordered.gather(1, hi[:, None]).squeeze(1)
-        out.append(v_lo + (v_hi - v_lo) * (pos - lo))
+        v_lo = ordered.gather(1, lo[:, :, None].expand(-1, 1, ordered.shape[2])).squeeze(1)
+        v_hi = ordered.gather(1, hi[:, :, None].expand(-1, 1, ordered.shape[2])).squeeze(1)
+        out.append(v_lo + (v_hi - v_lo) * (pos - lo).to(ordered.dtype))
     return torch.stack(out)
 
 
