@@ -32,6 +32,11 @@ class DataPaths:
         """The extracted archive's folder, holding Protocol/ and Optional/."""
         return self.raw / "PAMAP2_Dataset"
 
+    @property
+    def synthetic_marker(self) -> Path:
+        """Present when the data set was written by `ml_core.synthetic`, not recorded."""
+        return self.dataset / "SYNTHETIC.json"
+
     def dat_file(self, session: str, subject: int) -> Path:
         folder = {"protocol": "Protocol", "optional": "Optional"}[session]
         return self.dataset / folder / f"subject{subject}.dat"

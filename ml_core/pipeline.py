@@ -31,7 +31,6 @@ from ml_core.schema import ValidationResult, drop_transient, nan_rates, validate
 from ml_core.serving import SensorWindowClassifier
 from ml_core.shards import check_shard_rows, write_activity_shards
 from ml_core.stats import compute_feature_stats, load_feature_stats, write_feature_stats
-from ml_core.synthetic import SYNTHETIC_MARKER
 from ml_core.tracking import MlflowTracker
 from ml_core.train import TrainConfig, TrainResult, load_trained_model, predict_proba, train_model
 from ml_core.windows import WindowConfig, WindowData
@@ -341,7 +340,8 @@ def build_report(paths: DataPaths, tracker: MlflowTracker | None = None) -> dict
             }
         )
     board = build_leaderboard(records)
-    title = "PAMAP2 leaderboard" + (" (synthetic data)" if _is_synthetic(paths) else "")
+    synthetic = paths.synthetic_marker.exists()
+    title = "PAMAP2 leaderboard" + (" (synthetic data)" if synthetic else "")
     files = write_leaderboard(board, paths.reports, title)
     markdown = files["markdown"].read_text()
     plot_uri = "data:image/png;base64," + base64.b64encode(files["plot"].read_bytes()).decode()
@@ -358,7 +358,3 @@ def build_report(paths: DataPaths, tracker: MlflowTracker | None = None) -> dict
         "folder": str(paths.reports),
         "mlflow_url": url,
     }
-
-
-def _is_synthetic(paths: DataPaths) -> bool:
-    return (paths.dataset / SYNTHETIC_MARKER).exists()
