@@ -74,7 +74,9 @@ def _run(
         for event in result.all_events:
             if event.event_type == dg.DagsterEventType.STEP_FAILURE:
                 error = event.event_specific_data.error  # type: ignore[union-attr]
-                print(f"    {event.step_key}: {error.message.strip().splitlines()[-1]}")
+                while error.cause is not None:  # the step error wraps the one that explains
+                    error = error.cause
+                print(f"    {event.step_key}: {error.message.strip()}")
         raise SystemExit(f"demo stopped: {label} failed (run {result.run_id})")
 
 

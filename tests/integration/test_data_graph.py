@@ -77,7 +77,7 @@ def test_corrupted_file_fails_only_its_partition_and_keeps_old_output(
     failed = _run("ingest_job", "103", instance)
     assert not failed.success
     message = "\n".join(
-        e.event_specific_data.error.message  # type: ignore[union-attr]
+        e.event_specific_data.error.to_string()  # type: ignore[union-attr]
         for e in failed.all_events
         if e.event_type == dg.DagsterEventType.STEP_FAILURE
     )
