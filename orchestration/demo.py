@@ -7,6 +7,7 @@ files changed, folds built from changed subjects, and the models trained on chan
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from ml_core.paths import DataPaths
 from ml_core.raw_files import raw_file_fingerprints, subject_fingerprint
 
 DEFAULT_DEMO_MODELS: list[str] = ["feature_gbm", "temporal_cnn"]
+# Step and epoch lines on the terminal; Dagster's per-event debug lines stay in the UI.
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 @dataclass
@@ -56,7 +59,10 @@ def _run(
 ) -> None:
     started = time.perf_counter()
     result = job.execute_in_process(
-        instance=instance, partition_key=partition_key, raise_on_error=False
+        instance=instance,
+        partition_key=partition_key,
+        run_config=QUIET_CONSOLE,
+        raise_on_error=False,
     )
     wall = time.perf_counter() - started
     step_ms = sum(
@@ -91,6 +97,8 @@ def run_demo(
     from orchestration.definitions import defs as load_defs
 
     began = time.perf_counter()
+    for noisy in ("mlflow", "torch._export", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     paths = DataPaths(data_root)
     models = list(models or DEFAULT_DEMO_MODELS)
     folds = list(folds or FOLD_NAMES)
