@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
@@ -104,7 +105,7 @@ def _thin(x: np.ndarray, y: np.ndarray) -> tuple[list[float], list[float]]:
     return np.round(x, 6).tolist(), np.round(y, 6).tolist()
 
 
-def _mean_or_none(values: list[float | None]) -> float | None:
+def _mean_or_none(values: list[Any]) -> float | None:
     present = [v for v in values if v is not None]
     return float(np.mean(present)) if present else None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -61,6 +62,12 @@ def _loso_summary(per_fold: dict[str, dict[str, float]]) -> dict | None:
     return out
 
 
+def _rank_key(row: dict[str, Any]) -> tuple[bool, float, str]:
+    """Best LOSO mean macro F1 first; models without LOSO results last, by name."""
+    loso = row["loso"]
+    return (loso is None, -loso["macro_f1_mean"] if loso else 0.0, row["model"])
+
+
 def build_leaderboard(records: list[dict]) -> dict:
     """Aggregate (fold, model, macro_f1, accuracy) records into one row per model.
 
@@ -90,9 +97,7 @@ def build_leaderboard(records: list[dict]) -> dict:
                 "gap_macro_f1": gap,
             }
         )
-    rows.sort(
-        key=lambda r: (r["loso"] is None, -(r["loso"] or {}).get("macro_f1_mean", 0.0), r["model"])
-    )
+    rows.sort(key=_rank_key)
     return {"std_ddof": STD_DDOF, "protocol_note": PROTOCOL_NOTE, "rows": rows}
 
 

@@ -30,6 +30,8 @@ class FocalLoss(nn.Module):
     gamma = 0 it is the same number as (weighted) cross-entropy.
     """
 
+    weight: Tensor | None
+
     def __init__(self, gamma: float = 2.0, weight: Tensor | None = None) -> None:
         super().__init__()
         if gamma < 0:

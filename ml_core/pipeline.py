@@ -91,7 +91,7 @@ def impute_subject(paths: DataPaths, subject: int) -> dict[str, Any]:
     return {
         "rows": imputed.height,
         **asdict(imputation),
-        "heart_rate_nan_after": float(imputed[HEART_RATE].is_nan().mean() or 0.0),
+        "heart_rate_nan_after": imputed[HEART_RATE].is_nan().sum() / max(imputed.height, 1),
         "path": str(target),
         "seconds": round(time.perf_counter() - started, 3),
     }

@@ -17,6 +17,9 @@ class SensorWindowClassifier(nn.Module):
     training saw them, so a caller needs nothing but the sensor values.
     """
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, model: nn.Module, stats: dict[str, Any]) -> None:
         super().__init__()
         if list(stats["feature_order"]) != MODEL_CHANNELS:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,7 @@ class MlflowTracker:
     @contextmanager
     def run(
         self, run_name: str, tags: Mapping[str, str], run_id: str | None = None
-    ) -> Iterator[str]:
+    ) -> Generator[str]:
         """Start (or, given `run_id`, reopen) a run; yields its id and ends it on exit.
 
         A failure inside marks the run FAILED so the MLflow UI never shows it as running.

@@ -475,6 +475,7 @@ def _train_torch(run: _Run, ckpt: dict[str, Any] | None) -> TrainResult:
         save_torch(ckpt, run.last_path)
         run.write_history(ckpt, state["history"])
         run.report(record)
+    assert ckpt is not None, "the loop above saves a checkpoint every epoch"
     return run.result(ckpt, state["history"])
 
 

@@ -65,11 +65,7 @@ def _run(
         raise_on_error=False,
     )
     wall = time.perf_counter() - started
-    step_ms = sum(
-        e.event_specific_data.duration_ms  # type: ignore[union-attr]
-        for e in result.all_events
-        if e.event_type == dg.DagsterEventType.STEP_SUCCESS
-    )
+    step_ms = sum(e.step_success_data.duration_ms for e in result.get_step_success_events())
     timing.wall_s += wall
     timing.step_s += step_ms / 1000
     timing.runs += 1
@@ -77,12 +73,11 @@ def _run(
     line = f"  {label:<40} {wall:6.1f}s  {status}"
     print(line, flush=True)
     if not result.success:
-        for event in result.all_events:
-            if event.event_type == dg.DagsterEventType.STEP_FAILURE:
-                error = event.event_specific_data.error  # type: ignore[union-attr]
-                while error.cause is not None:  # the step error wraps the one that explains
-                    error = error.cause
-                print(f"    {event.step_key}: {error.message.strip()}")
+        for event in result.get_step_failure_events():
+            error = event.step_failure_data.error
+            while error is not None and error.cause is not None:  # the wrapped error explains
+                error = error.cause
+            print(f"    {event.step_key}: {error.message.strip() if error else 'failed'}")
         raise SystemExit(f"demo stopped: {label} failed (run {result.run_id})")
 
 

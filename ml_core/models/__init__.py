@@ -37,7 +37,7 @@ class ModelSpec:
 
     name: str
     kind: Literal["torch", "sklearn"]
-    config_cls: type
+    config_cls: type[Any]
     build: Callable[..., Any]
 
 
