@@ -220,7 +220,8 @@ def _log_torch_model(best_path: Path, stats: dict[str, Any], config: TrainConfig
 
     model, _ = load_trained_model(best_path)
     serving = SensorWindowClassifier(model, stats)
-    example = np.zeros((1, config.window.window, len(MODEL_CHANNELS)), dtype=np.float32)
+    # Two windows: MLflow's torch.export would pin a batch dimension of size 1.
+    example = np.zeros((2, config.window.window, len(MODEL_CHANNELS)), dtype=np.float32)
     mlflow.pytorch.log_model(
         serving,
         name="model",

@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,10 +67,8 @@ def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=timeout)
     # Children (a code server, run workers) can outlive the leader; end the group for good.
-    try:
+    with suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 @contextmanager
@@ -111,6 +109,23 @@ def wait_for_http(url: str, proc: subprocess.Popen, log_path: Path, timeout: flo
             pass
         time.sleep(0.5)
     pytest.fail(f"{url} did not answer within {timeout:.0f}s:\n{log_tail(log_path)}")
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, log_path: Path, timeout: float = 300) -> None:
+    """Wait until something accepts TCP connections on 127.0.0.1:`port`; fail if `proc` died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(
+                f"{proc.args[0]} exited with code {proc.returncode} before port {port} opened:\n"
+                f"{log_tail(log_path)}"
+            )
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(2)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    pytest.fail(f"port {port} did not open within {timeout:.0f}s:\n{log_tail(log_path)}")
 
 
 @functools.cache
@@ -154,13 +169,12 @@ def tiny_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def data_root(tiny_raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private data root holding a copy of the tiny raw files; PAMAP_DATA_ROOT points at it.
 
-    MLflow logs to a SQLite file inside it unless a test points MLFLOW_TRACKING_URI elsewhere.
+    MLflow logs to the default SQLite file inside it unless the test sets MLFLOW_TRACKING_URI.
     """
     root = tmp_path / "data"
     shutil.copytree(tiny_raw, root / "raw")
     monkeypatch.setenv("PAMAP_DATA_ROOT", str(root))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow/mlflow.db")
-    (root / "mlflow").mkdir()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return root
 
 
@@ -174,36 +188,37 @@ def artifacts_dir() -> Path:
 # --- MLflow tracking server --------------------------------------------------------------------
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A real `mlflow server` on 127.0.0.1 (SQLite backend, proxied artifact store).
+@dataclass(frozen=True)
+class MlflowServer:
+    url: str
+    artifacts: Path  # where the server stores the artifacts that clients upload through it
+    proc: subprocess.Popen
+    log_path: Path
 
-    Yields its URL, which MLFLOW_TRACKING_URI points at while the test runs.
+    def wait_until_ready(self, timeout: float = 300) -> None:
+        wait_for_http(f"{self.url}/health", self.proc, self.log_path, timeout)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
+    """A real `mlflow server` on 127.0.0.1: SQLite backend, artifacts proxied by the server.
+
+    Yielded as soon as it is started: call `wait_until_ready()` before logging to it, so that
+    its slow start (about a minute on two busy cores) overlaps the test's own preparation.
     """
     store = tmp_path / "mlflow_server"
     store.mkdir()
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     cmd = [
         venv_program("mlflow"),
         "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        f"sqlite:///{store}/mlflow.db",
-        "--serve-artifacts",
-        "--artifacts-destination",
-        str(store / "artifacts"),
+        *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
+        *("--backend-store-uri", f"sqlite:///{store}/mlflow.db"),
+        *("--serve-artifacts", "--artifacts-destination", str(store / "artifacts")),
     ]
     log_path = store / "server.log"
     with running_process(cmd, log_path) as proc:
-        wait_for_http(f"{url}/health", proc, log_path)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-        yield url
+        yield MlflowServer(f"http://127.0.0.1:{port}", store / "artifacts", proc, log_path)
 
 
 # --- PostgreSQL server -------------------------------------------------------------------------

@@ -1,0 +1,123 @@
+"""Training through Dagster logs to a real `mlflow server`, and everything can be read back.
+
+The documented setup for parallel runs and the MLflow UI: a tracking server on 127.0.0.1 with
+a database backend and the artifact store behind the server (clients upload over HTTP). Here
+the backend is SQLite and the artifact store a folder, started by the `mlflow_server` fixture.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from ml_core.columns import MODEL_CHANNELS
+from ml_core.evaluate import check_bundle_complete
+from ml_core.io import load_torch
+from ml_core.paths import DataPaths
+from tests.e2e.conftest import MlflowServer, materialize
+
+pytestmark = pytest.mark.slow
+
+FOLD = "stratified"
+MODEL = "temporal_cnn"
+EPOCHS = 2
+# Two full epochs on two tiny subjects: a few optimizer steps each, so per-epoch metrics exist.
+TRAINING_RUN_CONFIG = {"ops": {"trained_model": {"config": {"epochs": EPOCHS, "batch_size": 64}}}}
+
+
+def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, object]:
+    (materialization,) = result.asset_materializations_for_node(asset)
+    return {key: value.value for key, value in materialization.metadata.items()}
+
+
+def test_training_job_logs_params_metrics_artifacts_and_model_to_the_server(
+    data_root: Path,
+    mlflow_server: MlflowServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    instance = dg.DagsterInstance.ephemeral()
+    for subject in ("101", "102"):
+        materialize("ingest_job", instance, subject)
+    materialize("prepare_job", instance, FOLD)
+    mlflow_server.wait_until_ready()
+    result = materialize(
+        "training_job",
+        instance,
+        dg.MultiPartitionKey({"fold": FOLD, "model": MODEL}),
+        TRAINING_RUN_CONFIG,
+    )
+    trained = _metadata(result, "trained_model")
+    evaluated = _metadata(result, "evaluation_bundle")
+    run_id = str(trained["mlflow_run_id"])
+    assert str(trained["mlflow_run"]).startswith(f"{mlflow_server.url}/#/experiments/")
+    assert str(evaluated["mlflow_run"]).endswith(f"/runs/{run_id}")
+
+    client = MlflowClient(tracking_uri=mlflow_server.url)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == f"{FOLD}/{MODEL}"
+    assert run.data.tags["fold"] == FOLD
+    assert run.data.tags["model"] == MODEL
+    assert run.data.tags["dagster.run_id"] == result.run_id
+
+    # Params: the model, the fold and the training settings from the run config.
+    assert run.data.params["model"] == MODEL
+    assert run.data.params["fold"] == FOLD
+    assert run.data.params["epochs"] == str(EPOCHS)
+
+    # Metrics: one validation point per epoch, then the test metrics of the evaluation bundle.
+    history = client.get_metric_history(run_id, "val_macro_f1")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(1, EPOCHS + 1))
+    assert all(0.0 <= m.value <= 1.0 for m in history)
+    assert run.data.metrics["best_val_macro_f1"] == pytest.approx(max(m.value for m in history))
+    paths = DataPaths(data_root)
+    summary = json.loads((paths.evaluation_dir(FOLD, MODEL) / "summary_metrics.json").read_text())
+    for key in ("accuracy", "macro_f1", "weighted_f1", "balanced_accuracy"):
+        assert run.data.metrics[f"test_{key}"] == pytest.approx(summary[key])
+    assert evaluated["test_macro_f1"] == pytest.approx(summary["macro_f1"])
+
+    # Artifacts went through the server into its artifact store and read back unchanged.
+    checkpoints = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
+    assert {"checkpoints/best.pt", "checkpoints/last.pt", "checkpoints/history.json"} <= checkpoints
+    evaluation = {Path(a.path).name for a in client.list_artifacts(run_id, "evaluation")}
+    complete, missing = check_bundle_complete(paths.evaluation_dir(FOLD, MODEL))
+    assert complete, missing
+    local_bundle = {p.name for p in paths.evaluation_dir(FOLD, MODEL).iterdir()}
+    assert local_bundle <= evaluation
+    downloaded = mlflow.artifacts.download_artifacts(
+        run_id=run_id,
+        artifact_path="evaluation/summary_metrics.json",
+        dst_path=str(tmp_path / "download"),
+        tracking_uri=mlflow_server.url,
+    )
+    assert json.loads(Path(downloaded).read_text()) == summary
+    best = mlflow.artifacts.download_artifacts(
+        run_id=run_id,
+        artifact_path="checkpoints/best.pt",
+        dst_path=str(tmp_path / "download"),
+        tracking_uri=mlflow_server.url,
+    )
+    local_best = paths.model_dir(FOLD, MODEL) / "best.pt"
+    assert Path(best).read_bytes() == local_best.read_bytes()
+    stored = {p.name for p in mlflow_server.artifacts.rglob("*") if p.is_file()}
+    assert {"best.pt", "summary_metrics.json"} <= stored
+
+    # The logged model: one per training run, loadable from the server, raw windows in,
+    # class probabilities out.
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert [m.source_run_id for m in models] == [run_id]
+    served = mlflow.pyfunc.load_model(f"models:/{models[0].model_id}")
+    checkpoint = load_torch(local_best)
+    window = checkpoint["train_config"]["window"]["window"]
+    windows = np.random.default_rng(0).normal(size=(3, window, len(MODEL_CHANNELS)))
+    probs = np.asarray(served.predict(windows.astype(np.float32)))
+    assert probs.shape == (3, len(checkpoint["class_ids"]))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
