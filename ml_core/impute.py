@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from ml_core.columns import (
@@ -20,8 +21,6 @@ from ml_core.columns import (
 # Consecutive samples are 0.01 s apart; a larger step means rows were removed (a dropped
 # transient) or skipped, and interpolating across it would invent signal.
 MAX_STEP_S = 1.5 / SAMPLE_RATE_HZ
-SEGMENT = "_segment"
-ROW = "_row"
 
 
 @dataclass(frozen=True)
@@ -42,29 +41,37 @@ def impute_recording(
     median. IMU channels: linear interpolation across gaps of at most `max_gap_samples`
     samples inside one contiguous segment (same subject, session and activity, 0.01 s
     steps). Rows must be in time order within each (subject, session); order is kept."""
-    hr_before = _coverage(frame, HEART_RATE)
-    work = frame.with_columns(
-        pl.int_range(pl.len(), dtype=pl.Int64).alias(ROW), _segment_id().alias(SEGMENT)
-    )
-    missing_before = work.select(_imu_missing(imu).alias(imu) for imu in IMUS)
-    work = work.with_columns(
-        _smooth_heart_rate(hr_median_window),
-        *(_fill_short_gaps(c, max_gap_samples) for imu in IMUS for c in imu_columns(imu)),
-    )
-    missing_after = work.select(_imu_missing(imu).alias(imu) for imu in IMUS)
-    long_gaps = {
-        imu: _count_long_runs(missing_before[imu], work[SEGMENT], max_gap_samples) for imu in IMUS
-    }
+    segment = frame.select(_segment_id()).to_series().to_numpy()
+    filled: list[pl.Series] = []
+    interpolated, left_missing, long_gaps = {}, {}, {}
+    for imu in IMUS:
+        # A sample of one IMU is missing when any of its channels is (NaN or null).
+        missing_before = np.zeros(frame.height, dtype=bool)
+        missing_after = np.zeros(frame.height, dtype=bool)
+        for c in imu_columns(imu):
+            column = frame[c]
+            values = column.to_numpy()  # zero-copy without nulls; a null reads as NaN
+            rows, fill = _short_gap_fills(values, segment, max_gap_samples)
+            missing_before |= np.isnan(values)
+            if rows.size:
+                column = column.scatter(rows, fill)  # copy-on-write: `frame` keeps its data
+                values = column.to_numpy()
+                filled.append(column)
+            missing_after |= np.isnan(values)
+        interpolated[imu] = int((missing_before & ~missing_after).sum())
+        left_missing[imu] = int(missing_after.sum())
+        long_gaps[imu] = _count_long_runs(missing_before, segment, max_gap_samples)
+    out = frame.with_columns(_smooth_heart_rate(hr_median_window), *filled)
     report = ImputationReport(
-        heart_rate_coverage_before=hr_before,
-        heart_rate_coverage_after=_coverage(work, HEART_RATE),
-        interpolated={imu: int((missing_before[imu] & ~missing_after[imu]).sum()) for imu in IMUS},
-        left_missing={imu: int(missing_after[imu].sum()) for imu in IMUS},
+        heart_rate_coverage_before=_coverage(frame, HEART_RATE),
+        heart_rate_coverage_after=_coverage(out, HEART_RATE),
+        interpolated=interpolated,
+        left_missing=left_missing,
         long_gaps=long_gaps,
         max_gap_samples=max_gap_samples,
         hr_median_window=hr_median_window,
     )
-    return work.select(frame.columns), report
+    return out, report
 
 
 def _coverage(frame: pl.DataFrame, column: str) -> float:
@@ -95,54 +102,43 @@ def _smooth_heart_rate(window: int) -> pl.Expr:
     return median.over(SUBJECT, SESSION).fill_null(float("nan")).cast(pl.Float32).alias(HEART_RATE)
 
 
-def _fill_short_gaps(column: str, max_gap: int) -> pl.Expr:
-    """Linear interpolation of a run of missing samples that has a valid sample on both
-    sides in the same segment and is at most `max_gap` samples long; vectorised with
-    forward/backward fills of the neighbouring valid sample's row, value and segment."""
-    value = pl.col(column).fill_nan(None).cast(pl.Float64)
-    valid = value.is_not_null()
-    prev_row = pl.when(valid).then(pl.col(ROW)).forward_fill()
-    next_row = pl.when(valid).then(pl.col(ROW)).backward_fill()
-    prev_value = pl.when(valid).then(value).forward_fill()
-    next_value = pl.when(valid).then(value).backward_fill()
-    prev_segment = pl.when(valid).then(pl.col(SEGMENT)).forward_fill()
-    next_segment = pl.when(valid).then(pl.col(SEGMENT)).backward_fill()
-    fillable = (
-        ~valid
-        & (prev_segment == pl.col(SEGMENT))
-        & (next_segment == pl.col(SEGMENT))
-        & (next_row - prev_row - 1 <= max_gap)
-    )
-    fraction = (pl.col(ROW) - prev_row) / (next_row - prev_row)
-    interpolated = prev_value + (next_value - prev_value) * fraction
-    return (
-        pl.when(fillable.fill_null(False))
-        .then(interpolated)
-        .otherwise(pl.col(column))
-        .cast(pl.Float32)
-        .alias(column)
-    )
+def _short_gap_fills(
+    values: np.ndarray, segment: np.ndarray, max_gap: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and float32 values that linearly interpolate every run of missing samples with a
+    valid sample on both sides in the same segment and at most `max_gap` samples long.
+    Packet drops are rare (~0.5 % of rows), so the work follows the missing samples only."""
+    missing = np.flatnonzero(np.isnan(values))
+    if missing.size == 0:
+        return missing, np.empty(0, dtype=np.float32)
+    first, last = _runs(missing)
+    before, after = first - 1, last + 1
+    inside = (before >= 0) & (after < values.size) & (last - first + 1 <= max_gap)
+    before, after, first, last = before[inside], after[inside], first[inside], last[inside]
+    # Segment ids never decrease, so equal ids at both neighbours cover the whole run.
+    same = (segment[before] == segment[first]) & (segment[after] == segment[first])
+    before, after, first, last = before[same], after[same], first[same], last[same]
+    lengths = last - first + 1
+    offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    rows = np.repeat(first, lengths) + offsets
+    lo, hi = np.repeat(before, lengths), np.repeat(after, lengths)
+    low, high = values[lo].astype(np.float64), values[hi].astype(np.float64)
+    fraction = (rows - lo) / (hi - lo)
+    return rows, (low + (high - low) * fraction).astype(np.float32)
 
 
-def _imu_missing(imu: str) -> pl.Expr:
-    """A sample of one IMU is missing when any of its channels is."""
-    return pl.any_horizontal(pl.col(c).is_nan() | pl.col(c).is_null() for c in imu_columns(imu))
+def _runs(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and last index of each run of consecutive values in sorted, unique `rows`."""
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    return rows[np.r_[0, breaks]], rows[np.r_[breaks - 1, rows.size - 1]]
 
 
-def _count_long_runs(missing: pl.Series, segment: pl.Series, max_gap: int) -> int:
+def _count_long_runs(missing: np.ndarray, segment: np.ndarray, max_gap: int) -> int:
     """Runs of missing samples within one segment that are longer than `max_gap`."""
-    runs = pl.DataFrame({"missing": missing, SEGMENT: segment})
-    run_lengths = (
-        runs.with_columns(
-            run=(
-                (pl.col("missing") != pl.col("missing").shift())
-                | (pl.col(SEGMENT) != pl.col(SEGMENT).shift())
-            )
-            .fill_null(True)
-            .cum_sum()
-        )
-        .filter(pl.col("missing"))
-        .group_by("run")
-        .len()
-    )
-    return int((run_lengths["len"] > max_gap).sum())
+    rows = np.flatnonzero(missing)
+    if rows.size == 0:
+        return 0
+    # A segment boundary inside a run of missing samples splits it in two.
+    breaks = np.flatnonzero((np.diff(rows) != 1) | (np.diff(segment[rows]) != 0)) + 1
+    lengths = np.diff(np.r_[0, breaks, rows.size])
+    return int((lengths > max_gap).sum())

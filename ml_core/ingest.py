@@ -57,14 +57,16 @@ def read_dat(path: Path, subject: int, session: str) -> pl.DataFrame:
 def read_subject(paths: DataPaths, subject: int) -> pl.DataFrame:
     """Protocol recording (required) plus the Optional one when present, sorted by session
     (protocol first) then timestamp."""
-    frames = [read_dat(paths.dat_file("protocol", subject), subject, "protocol")]
-    optional = paths.dat_file("optional", subject)
-    if optional.is_file():
-        frames.append(read_dat(optional, subject, "optional"))
-    session_rank = pl.col(SESSION).replace_strict(
-        {s: i for i, s in enumerate(SESSIONS)}, return_dtype=pl.Int8
-    )
-    return pl.concat(frames).sort(session_rank, pl.col(TIMESTAMP), maintain_order=True)
+    frames = []
+    for session in SESSIONS:  # protocol first
+        path = paths.dat_file(session, subject)
+        if session == "protocol" or path.is_file():
+            frame = read_dat(path, subject, session)
+            # Recordings are written in time order; only a file that is not pays for a sort.
+            if not frame[TIMESTAMP].is_sorted():
+                frame = frame.sort(TIMESTAMP, maintain_order=True)
+            frames.append(frame)
+    return pl.concat(frames)
 
 
 def _read_fast(path: Path) -> pl.DataFrame | None:

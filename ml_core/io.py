@@ -8,10 +8,15 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 import torch
+
+# The tables and shards are working files that the next step reads back: lz4 takes about a
+# third less CPU than zstd to write and a quarter as much to read, for files ~15 % larger.
+ParquetCompression = Literal["lz4", "zstd", "snappy", "gzip", "brotli", "uncompressed"]
+PARQUET_COMPRESSION: ParquetCompression = "lz4"
 
 
 @contextmanager
@@ -41,9 +46,11 @@ def write_text(text: str, target: str | Path) -> Path:
     return Path(target)
 
 
-def write_parquet(frame: pl.DataFrame, target: str | Path) -> Path:
+def write_parquet(
+    frame: pl.DataFrame, target: str | Path, compression: ParquetCompression = PARQUET_COMPRESSION
+) -> Path:
     with atomic_path(target) as tmp:
-        frame.write_parquet(tmp, compression="zstd")
+        frame.write_parquet(tmp, compression=compression)
     return Path(target)
 
 
@@ -53,6 +60,7 @@ def save_torch(obj: Any, target: str | Path) -> Path:
     return Path(target)
 
 
-def load_torch(path: str | Path) -> Any:
-    """Load a tensor file or checkpoint without unpickling arbitrary objects."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+def load_torch(path: str | Path, mmap: bool = False) -> Any:
+    """Load a tensor file or checkpoint without unpickling arbitrary objects; `mmap` maps the
+    tensors' storage from the file instead of reading it (for a look at shapes)."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from ml_core.columns import (
     ACTIVITY,
@@ -17,7 +19,7 @@ from ml_core.columns import (
     TIMESTAMP,
     imu_columns,
 )
-from ml_core.impute import impute_recording
+from ml_core.impute import _segment_id, impute_recording
 from ml_core.ingest import TABLE_DTYPES
 
 NAN = float("nan")
@@ -175,3 +177,101 @@ def test_output_keeps_columns_dtypes_and_row_order():
     assert out[TIMESTAMP].to_list() == frame[TIMESTAMP].to_list()
     untouched = [c for c in TABLE_COLUMNS if c != HEART_RATE and not c.startswith("hand_")]
     assert out.select(untouched).equals(frame.select(untouched))
+
+
+def _polars_reference(
+    frame: pl.DataFrame, max_gap: int
+) -> tuple[pl.DataFrame, dict[str, dict[str, int]]]:
+    """The polars implementation this module had before its numpy gap filler: per channel,
+    forward/backward fills of the neighbouring valid sample's row, value and segment; per
+    IMU, missing means any channel NaN or null. Returns the IMU columns and the counts."""
+    work = frame.with_columns(pl.int_range(pl.len()).alias("row"), _segment_id().alias("seg"))
+
+    def fill(column: str) -> pl.Expr:
+        value = pl.col(column).fill_nan(None).cast(pl.Float64)
+        valid = value.is_not_null()
+        prev_row, prev_seg, prev_value = (
+            pl.when(valid).then(e).forward_fill() for e in (pl.col("row"), pl.col("seg"), value)
+        )
+        next_row, next_seg, next_value = (
+            pl.when(valid).then(e).backward_fill() for e in (pl.col("row"), pl.col("seg"), value)
+        )
+        fillable = (
+            ~valid
+            & (prev_seg == pl.col("seg"))
+            & (next_seg == pl.col("seg"))
+            & (next_row - prev_row - 1 <= max_gap)
+        )
+        fraction = (pl.col("row") - prev_row) / (next_row - prev_row)
+        interpolated = prev_value + (next_value - prev_value) * fraction
+        return (
+            pl.when(fillable.fill_null(False))
+            .then(interpolated)
+            .otherwise(pl.col(column))
+            .cast(pl.Float32)
+            .alias(column)
+        )
+
+    def missing(table: pl.DataFrame, imu: str) -> pl.Series:
+        return table.select(
+            pl.any_horizontal(pl.col(c).is_nan() | pl.col(c).is_null() for c in imu_columns(imu))
+        ).to_series()
+
+    out = work.with_columns(fill(c) for c in IMU_CHANNELS)
+    counts: dict[str, dict[str, int]] = {"interpolated": {}, "left_missing": {}, "long_gaps": {}}
+    for imu in IMUS:
+        before, after = missing(work, imu), missing(out, imu)
+        counts["interpolated"][imu] = int((before & ~after).sum())
+        counts["left_missing"][imu] = int(after.sum())
+        runs = pl.DataFrame({"m": before, "seg": work["seg"]}).with_columns(
+            run=((pl.col("m") != pl.col("m").shift()) | (pl.col("seg") != pl.col("seg").shift()))
+            .fill_null(True)
+            .cum_sum()
+        )
+        lengths = runs.filter(pl.col("m")).group_by("run").len()["len"]
+        counts["long_gaps"][imu] = int((lengths > max_gap).sum())
+    return out.select(IMU_CHANNELS), counts
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_gap_filler_matches_the_polars_reference_on_random_gaps(seed):
+    rng = np.random.default_rng(seed)
+    # Segments of random length: activity changes, removed transients, a session change.
+    pieces, clock = [], 100.0
+    for k in range(8):
+        n = int(rng.integers(40, 400))
+        session = "protocol" if k < 5 else "optional"
+        pieces.append(_table(n, start=clock, activity=[1, 4, 4, 5][k % 4], session=session))
+        clock = round(clock + n / 100 + (30.0 if k % 3 == 2 else 0.0), 2)
+    frame = pl.concat(pieces)
+    n = frame.height
+    values = {c: frame[c].to_numpy().copy() for c in IMU_CHANNELS}
+    for c in IMU_CHANNELS:  # smooth random signals, so interpolation is not exact
+        values[c] += rng.normal(scale=5.0, size=n).cumsum().astype(np.float32)
+    for _ in range(60):  # dropped packets (every channel of an IMU) of 1..15 samples
+        start, length = int(rng.integers(0, n)), int(rng.integers(1, 16))
+        for c in imu_columns(IMUS[rng.integers(len(IMUS))]):
+            values[c][start : start + length] = np.nan
+    for _ in range(30):  # a lone NaN in one channel also makes that IMU sample missing
+        values[IMU_CHANNELS[rng.integers(len(IMU_CHANNELS))]][rng.integers(n)] = np.nan
+    frame = frame.with_columns(pl.Series(c, v, dtype=pl.Float32) for c, v in values.items())
+    # Nulls (not NaN) count as missing too; one that is not filled stays null.
+    nulls = rng.choice(n, size=20, replace=False)
+    frame = frame.with_columns(
+        pl.when(pl.int_range(pl.len()).is_in(nulls))
+        .then(None)
+        .otherwise(pl.col("hand_gyro_x"))
+        .alias("hand_gyro_x")
+    )
+
+    for max_gap in (3, 10):
+        out, report = impute_recording(frame, max_gap_samples=max_gap)
+        expected, counts = _polars_reference(frame, max_gap)
+        assert_frame_equal(out.select(IMU_CHANNELS), expected, check_exact=True)
+        assert report.interpolated == counts["interpolated"]
+        assert report.left_missing == counts["left_missing"]
+        assert report.long_gaps == counts["long_gaps"]
+        # The random gaps do exercise every case: filled, too long, and left missing.
+        assert sum(report.interpolated.values()) > 0
+        assert sum(report.long_gaps.values()) > 0
+        assert sum(report.left_missing.values()) > 0

@@ -188,3 +188,28 @@ def test_index_with_a_bad_entry_names_the_field(tmp_path):
     index.write_text(json.dumps({"subject": 101, "shards": [{"path": "x.pt", "subject": 101}]}))
     with pytest.raises(ValueError, match=r"index.json: shards\[0\]: bad or missing field"):
         read_shard_index(index)
+
+
+def test_table_in_recording_order_gives_the_shards_of_a_shuffled_one(tmp_path):
+    # The imputed table arrives in recording order (protocol, then optional, each in time):
+    # activities interleave but each is already in time order, so its part needs no sort.
+    shuffled = fake_table(107, BLOCKS)
+    recorded = shuffled.sort(SESSION, TIMESTAMP, descending=[True, False])
+    assert recorded[ACTIVITY].to_list() != sorted(recorded[ACTIVITY].to_list())
+    outputs = {}
+    for name, frame in (("recorded", recorded), ("shuffled", shuffled)):
+        paths = DataPaths(tmp_path / name)
+        report = write_activity_shards(frame, paths, 107)
+        assert check_shard_rows(frame, report)[0]
+        outputs[name] = {
+            s["activity"]: (
+                pl.read_parquet(paths.root / s["parquet"][0]["path"]),
+                load_torch(paths.root / s["tensor"])["data"],
+            )
+            for s in report.shards
+        }
+    assert outputs["recorded"].keys() == outputs["shuffled"].keys()
+    for activity, (table, tensor) in outputs["recorded"].items():
+        assert_frame_equal(table, sorted_activity(shuffled, activity))
+        assert_frame_equal(table, outputs["shuffled"][activity][0])
+        torch.testing.assert_close(tensor, outputs["shuffled"][activity][1], equal_nan=True)

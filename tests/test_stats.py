@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+import ml_core.stats as stats_module
 from ml_core.columns import (
     ACTIVITY,
     HEART_RATE,
@@ -100,7 +101,7 @@ def test_stats_equal_numpy_on_exactly_the_train_rows(fold):
             assert entry["mean"] == 31.5 and entry["std"] == STD_FLOOR
         else:
             assert entry["mean"] == pytest.approx(np.nanmean(x[:, i]), rel=1e-10)
-            assert entry["std"] == pytest.approx(np.nanstd(x[:, i]), rel=1e-10)
+            assert entry["std"] == pytest.approx(max(np.nanstd(x[:, i]), STD_FLOOR), rel=1e-10)
 
 
 def test_val_and_test_rows_cannot_change_the_stats(fold):
@@ -160,3 +161,35 @@ def test_ranges_outside_a_shard_or_no_ranges_are_errors(fold):
         compute_feature_stats(paths, [dataclasses.replace(first, end=100_000)])
     with pytest.raises(ValueError, match="no train ranges"):
         compute_feature_stats(paths, [])
+
+
+def test_nan_free_and_nan_blocks_merge_to_the_numpy_result(tmp_path, monkeypatch):
+    # Small blocks, so ranges split into many blocks and end in partial ones.
+    monkeypatch.setattr(stats_module, "BLOCK_ROWS", 64)
+    paths = DataPaths(tmp_path)
+    table = fake_table(104, [1, 4], rows=1000, seed=3)
+    # Walking rows have no NaN (the unmasked path) and sit far from zero, where a one-pass
+    # sum of squares would cancel even in float64; lying rows keep ~10 % NaN (the masked path).
+    walking = pl.col(ACTIVITY) == 4
+    table = table.with_columns(
+        pl.when(walking).then(pl.col(c).fill_nan(60.0) + 1e8).otherwise(pl.col(c)).alias(c)
+        for c in SENSORS
+    )
+    report = write_activity_shards(table, paths, 104)
+    tensors = {s["activity"]: s["tensor"] for s in report.shards}
+    lying = [ShardRange.from_path(tensors[1], 5, 931)]
+    walks = [
+        ShardRange.from_path(tensors[4], 0, 1000),
+        ShardRange.from_path(tensors[4], 17, 300),  # rows may count twice, like numpy here
+    ]
+    for ranges in (lying, walks, lying + walks):
+        x = np.concatenate(
+            [load_torch(paths.root / r.path)["data"].numpy()[r.start : r.end] for r in ranges]
+        ).astype(np.float64)
+        assert np.isnan(x).any() == (ranges != walks)
+        stats = compute_feature_stats(paths, ranges)
+        for i, channel in enumerate(MODEL_CHANNELS):
+            entry = stats["per_feature"][channel]
+            assert entry["count"] == int((~np.isnan(x[:, i])).sum())
+            assert entry["mean"] == pytest.approx(np.nanmean(x[:, i]), rel=1e-10)
+            assert entry["std"] == pytest.approx(max(np.nanstd(x[:, i]), STD_FLOOR), rel=1e-10)
