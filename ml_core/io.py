@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +20,7 @@ PARQUET_COMPRESSION: ParquetCompression = "lz4"
 
 
 @contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
+def atomic_path(target: str | Path) -> Generator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
