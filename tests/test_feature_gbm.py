@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,29 +12,37 @@ import torch
 from sklearn.ensemble import HistGradientBoostingClassifier
 from threadpoolctl import threadpool_limits
 
+from ml_core.columns import AXES, MODALITIES
 from ml_core.io import load_torch, save_torch
 from ml_core.models import create_model
-from ml_core.models.feature_gbm import STATISTICS, FeatureGBM, FeatureGBMConfig
+from ml_core.models.feature_gbm import (
+    STATISTICS,
+    FeatureGBM,
+    FeatureGBMConfig,
+    boosting_threads,
+)
 from ml_core.train import TrainConfig, load_trained_model, train_model
 from tests.test_windows import make_signal_fold
 
 CHANNELS = {"imu_hand": 3, "heart_rate": 1}
+HAND = MODALITIES["imu_hand"]
 
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
-    # OpenMP boosting on a busy shared machine is far slower with many threads than with one.
+    # OpenMP boosting on a busy shared machine is far slower with many threads than with one;
+    # the scikit-learn reference fits below run under this limit too.
     with threadpool_limits(1):
         yield
 
 
-def windows(n: int, t: int, seed: int) -> tuple[dict, dict, torch.Tensor]:
+def windows(n: int, t: int, seed: int, hand: int = 3) -> tuple[dict, dict, torch.Tensor]:
     """Windows whose level and oscillation frequency depend on the class; hand sometimes absent."""
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, 3, (n,), generator=g)
     time = torch.arange(t).float()
     wave = torch.sin(2 * torch.pi * (y[:, None] + 1) * 3 * time / t)
-    hand = torch.randn(n, t, 3, generator=g) + wave[:, :, None] + y[:, None, None] * 0.5
+    hand = torch.randn(n, t, hand, generator=g) + wave[:, :, None] + y[:, None, None] * 0.5
     hr = torch.randn(n, t, 1, generator=g) + y[:, None, None].float()
     present = {
         "imu_hand": torch.rand(n, t, generator=g) > 0.05,
@@ -43,17 +52,19 @@ def windows(n: int, t: int, seed: int) -> tuple[dict, dict, torch.Tensor]:
     return {"imu_hand": hand, "heart_rate": hr}, present, y
 
 
-def naive_features(x: np.ndarray, present: np.ndarray) -> np.ndarray:
-    """One window, one channel at a time, with plain numpy."""
+def naive_features(x: np.ndarray, present: np.ndarray, norms: list[list[int]]) -> np.ndarray:
+    """One window, one channel at a time, with plain numpy; then the norms of `norms` triples."""
+    x = x.astype(np.float64)
+    channels = [x[:, c] for c in range(x.shape[1])] + [
+        np.linalg.norm(x[:, i], axis=1) for i in norms
+    ]
     out = []
-    t = len(x)
-    for c in range(x.shape[1]):
-        v = x[present, c]
-        centred = np.where(present, x[:, c] - v.mean(), 0.0)
+    for channel in channels:
+        v = channel[present]
+        centred = np.where(present, channel - v.mean(), 0.0)
         spectrum = np.abs(np.fft.rfft(centred))[1:]
-        freq = (np.argmax(spectrum) + 1) / t
-        p10, p50, p90 = np.percentile(v, [10, 50, 90])
-        out += [v.mean(), v.std(), v.min(), v.max(), p10, p50, p90, (v**2).mean(), freq]
+        freq = (np.argmax(spectrum) + 1) / len(x)
+        out += [v.mean(), v.std(), v.min(), v.max(), freq]
     return np.array(out)
 
 
@@ -65,15 +76,31 @@ def test_features_match_a_naive_numpy_computation() -> None:
     features = model.features(x, present)
     assert features.shape == (4, 4 * len(STATISTICS)) == (4, len(model.feature_names()))
     assert model.feature_names()[:2] == ["imu_hand_0_mean", "imu_hand_0_std"]
-    full = FeatureGBM(FeatureGBMConfig(), 3, {"imu_hand": 10})  # real channel count: real names
-    assert full.feature_names()[len(STATISTICS)] == "hand_acc16_y_mean"
     for w in (0, 1, 3):
         expected = np.concatenate(
-            [naive_features(x[m][w].double().numpy(), present[m][w].numpy()) for m in CHANNELS]
+            [naive_features(x[m][w].numpy(), present[m][w].numpy(), []) for m in CHANNELS]
         )
         np.testing.assert_allclose(features[w], expected, rtol=1e-4, atol=1e-4)
     hand_block = features[2, : 3 * len(STATISTICS)]
     assert np.isnan(hand_block).all() and np.isfinite(features[2, 3 * len(STATISTICS) :]).all()
+
+
+def test_real_imu_layout_adds_accelerometer_and_gyroscope_norms() -> None:
+    x, present, _ = windows(3, 64, seed=5, hand=len(HAND))
+    present["imu_hand"][1, 5:20] = False
+    model = FeatureGBM(FeatureGBMConfig(), 3, {"imu_hand": len(HAND), "heart_rate": 1})
+    names = model.feature_names()
+    first_norm = len(HAND) * len(STATISTICS)
+    assert names[len(STATISTICS)] == "hand_acc16_y_mean"
+    assert names[first_norm] == "hand_acc16_norm_mean"
+    assert names[first_norm + len(STATISTICS)] == "hand_gyro_norm_mean"
+    triples = [[HAND.index(f"hand_{sensor}_{a}") for a in AXES] for sensor in ("acc16", "gyro")]
+    features = model.features(x, present)
+    assert features.shape == (3, (len(HAND) + 2 + 1) * len(STATISTICS)) == (3, len(names))
+    for w in range(3):
+        hand = naive_features(x["imu_hand"][w].numpy(), present["imu_hand"][w].numpy(), triples)
+        hr = naive_features(x["heart_rate"][w].numpy(), present["heart_rate"][w].numpy(), [])
+        np.testing.assert_allclose(features[w], np.concatenate([hand, hr]), rtol=1e-4, atol=1e-4)
 
 
 def test_learns_and_exported_trees_reproduce_sklearn_exactly() -> None:
@@ -92,6 +119,8 @@ def test_learns_and_exported_trees_reproduce_sklearn_exactly() -> None:
         learning_rate=config.learning_rate,
         max_leaf_nodes=config.max_leaf_nodes,
         min_samples_leaf=config.min_samples_leaf,
+        max_bins=config.max_bins,
+        max_features=config.max_features,
         class_weight=config.class_weight,
         random_state=config.random_state,
         early_stopping=False,
@@ -111,6 +140,22 @@ def test_state_dict_round_trip_gives_identical_probabilities(tmp_path: Path) -> 
     assert np.array_equal(restored.predict_proba(x, present), model.predict_proba(x, present))
     with pytest.raises(ValueError, match="classes"):
         create_model("feature_gbm", 4, CHANNELS).load_state_dict(model.state_dict())
+    older = model.state_dict()  # as if saved by a version with another feature set
+    older["trees"] = {**older["trees"], "n_features": torch.tensor(279)}
+    with pytest.raises(ValueError, match="feature set changed"):
+        create_model("feature_gbm", 3, CHANNELS).load_state_dict(older)
+
+
+def test_boosting_threads_stay_at_one_for_small_data_or_a_busy_machine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert boosting_threads(None, 2_000) == 1
+    assert boosting_threads(None, 50_000) is None  # idle machine, big data: OpenMP's default
+    assert boosting_threads(3, 2_000) == 3  # an explicit request wins
+    monkeypatch.setattr(os, "getloadavg", lambda: (float(cores), 0.0, 0.0))
+    assert boosting_threads(None, 50_000) == 1
 
 
 def test_binary_problems_and_single_class_data() -> None:
