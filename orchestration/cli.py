@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Assets read the data root from the environment, so runs started here see the same one.
+    os.environ["PAMAP_DATA_ROOT"] = str(Path(args.data_root).resolve())
     return args.func(args)
 
 

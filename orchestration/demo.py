@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +81,11 @@ def _run(
         raise SystemExit(f"demo stopped: {label} failed (run {result.run_id})")
 
 
+def _say_if_up_to_date(done: Sized | int) -> None:
+    if not (done if isinstance(done, int) else len(done)):
+        print("  up to date (nothing changed since the last run; --force redoes it)")
+
+
 def run_demo(
     data_root: Path,
     models: Sequence[str] | None = None,
@@ -125,34 +130,46 @@ def run_demo(
             previous is not None
             and raw is not None
             and raw.get("source_fingerprint") == subject_fingerprint(fingerprints, subject)
+            and (paths.tensor_shard_dir(subject) / "index.json").exists()
         )
         if unchanged and not force:
             continue
         _run(ingest, instance, timing, f"subject {subject}", partition_key=str(subject))
         changed_subjects.append(subject)
+    _say_if_up_to_date(changed_subjects)
 
     print("2/4 prepare: fold manifests and train-only feature statistics")
     changed_folds: list[str] = []
     for fold in folds:
-        if not force and not changed_subjects and _latest_metadata(instance, "feature_stats", fold):
+        done = (
+            _latest_metadata(instance, "feature_stats", fold) and paths.feature_stats(fold).exists()
+        )
+        if done and not changed_subjects and not force:
             continue
         _run(prepare, instance, timing, f"fold {fold}", partition_key=fold)
         changed_folds.append(fold)
+    _say_if_up_to_date(changed_folds)
 
     print(f"3/4 train and evaluate: {', '.join(models)} on {len(folds)} folds")
     trained = 0
     for fold in folds:
         for model in models:
             key = dg.MultiPartitionKey({"fold": fold, "model": model})
-            done = _latest_metadata(instance, "evaluation_bundle", str(key))
+            done = (
+                _latest_metadata(instance, "evaluation_bundle", str(key))
+                and (paths.evaluation_dir(fold, model) / "summary_metrics.json").exists()
+            )
             if done and fold not in changed_folds and not force:
                 continue
             _run(training, instance, timing, f"{fold} x {model}", partition_key=key)
             trained += 1
+    _say_if_up_to_date(trained)
 
     print("4/4 leaderboard")
-    if trained or force or not _latest_metadata(instance, "leaderboard", None):
+    if trained or force or not (paths.reports / "leaderboard.md").exists():
         _run(report, instance, timing, "leaderboard")
+    else:
+        _say_if_up_to_date(0)
     mlflow_db = paths.root / "mlflow" / "mlflow.db"
     board = (paths.reports / "leaderboard.md").read_text()
     total = time.perf_counter() - began

@@ -1,0 +1,64 @@
+"""`pamap demo` as a user runs it: synthetic data, the whole graph, the leaderboard, re-runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from ml_core.paths import PROJECT_ROOT, DataPaths
+from tests.e2e.conftest import venv_program
+
+ARGS = ["--scale", "tiny", "--models", "feature_gbm", "--folds", "holdout-106", "loso-109"]
+
+
+def _demo(env: dict[str, str], data_root: Path) -> str:
+    completed = subprocess.run(
+        [venv_program("pamap"), "--data-root", str(data_root), "demo", *ARGS],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=PROJECT_ROOT,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return completed.stdout
+
+
+@pytest.mark.slow
+def test_demo_builds_everything_then_redoes_only_what_changed(tmp_path: Path) -> None:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    data_root = tmp_path / "data"
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+
+    first = _demo(env, data_root)
+    assert "writing the tiny-scale synthetic set" in first
+    assert "| feature_gbm |" in first and "orchestration overhead" in first
+    paths = DataPaths(data_root)
+    assert (paths.reports / "leaderboard.md").exists()
+    for fold in ("holdout-106", "loso-109"):
+        assert (paths.evaluation_dir(fold, "feature_gbm") / "summary_metrics.json").exists()
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        runs = instance.get_runs()
+    assert len(runs) == 9 + 2 + 2 + 1  # subjects, folds, fold x model, leaderboard
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+
+    second = _demo(env, data_root)
+    assert second.count("up to date") == 4 and ": 0 runs," in second
+
+    changed = paths.dat_file("protocol", 103)
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    third = _demo(env, data_root)
+    assert "subject 103" in third and "subject 104" not in third
+    assert "holdout-106 x feature_gbm" in third and "leaderboard" in third
