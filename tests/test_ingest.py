@@ -32,7 +32,8 @@ OFFICIAL_ROW = (
     "30.3125 9.65918 -1.65569 -0.0997967 9.64689 -1.55576 0.310404 0.00830026 0.00925038 "
     "-0.0175803 -61.1888 -38.9599 -58.1438 1 0 0 0"
 )
-EXCERPT = Path("/work/shared/data/pamap2_real_excerpt/excerpt_13x500.csv")
+# The real excerpt lives in ../shared beside the repository (in CI too).
+EXCERPT = Path(__file__).resolve().parents[2] / "shared/data/pamap2_real_excerpt/excerpt_13x500.csv"
 # The excerpt's name for an IMU field, e.g. hand_acc16_x is handAccX.
 EXCERPT_FIELDS = {"acc16": "Acc", "gyro": "Gyr", "mag": "Mag"}
 

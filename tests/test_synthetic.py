@@ -26,7 +26,8 @@ from ml_core.columns import (
 from ml_core.paths import DataPaths
 from ml_core.synthetic import SCALES, generate_recording, write_dataset
 
-EXCERPT = Path("/work/shared/data/pamap2_real_excerpt/excerpt_13x500.csv")
+# The real excerpt lives in ../shared beside the repository (in CI too).
+EXCERPT = Path(__file__).resolve().parents[2] / "shared/data/pamap2_real_excerpt/excerpt_13x500.csv"
 WINDOW = 256  # 2.56 s at 100 Hz
 
 
