@@ -297,7 +297,8 @@ def evaluate_fold_model(
         "notes": notes,
         "ece_before": calibration["ece_before"],
         "ece_after": calibration.get("ece_after"),
-        "confusion_markdown": _confusion_markdown(out_dir / "confusion_matrix.csv"),
+        "confusion_rows": pl.read_csv(out_dir / "confusion_matrix.csv").to_dicts(),
+        "confusion_png": _png_data_uri(out_dir / "confusion_matrix.png"),
         "folder": str(out_dir),
         "missing_files": missing,
         "mlflow_url": "",
@@ -319,12 +320,9 @@ def evaluate_fold_model(
     return result
 
 
-def _confusion_markdown(csv_path: Path) -> str:
-    frame = pl.read_csv(csv_path)
-    header = "| " + " | ".join(frame.columns) + " |"
-    rule = "|" + "---|" * frame.width
-    rows = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.iter_rows()]
-    return "\n".join([header, rule, *rows])
+def _png_data_uri(path: Path) -> str:
+    """A PNG inlined as a data URI, so the Dagster UI can show it as a markdown image."""
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
 def build_report(paths: DataPaths, tracker: MlflowTracker | None = None) -> dict[str, Any]:
@@ -345,7 +343,7 @@ def build_report(paths: DataPaths, tracker: MlflowTracker | None = None) -> dict
     title = "PAMAP2 leaderboard" + (" (synthetic data)" if synthetic else "")
     files = write_leaderboard(board, paths.reports, title)
     markdown = files["markdown"].read_text()
-    plot_uri = "data:image/png;base64," + base64.b64encode(files["plot"].read_bytes()).decode()
+    plot_uri = _png_data_uri(files["plot"])
     url = ""
     if tracker is not None:
         with tracker.run("leaderboard", {"asset": "leaderboard"}) as run_id:

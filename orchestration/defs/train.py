@@ -165,7 +165,10 @@ def evaluation_bundle(
             "ece_before": result["ece_before"],
             "ece_after": result["ece_after"],
             "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in result["notes"]) or "_none_"),
-            "confusion_matrix": dg.MetadataValue.md(result["confusion_markdown"]),
+            "confusion_matrix": dg.MetadataValue.md(markdown_table(result["confusion_rows"])),
+            "confusion_plot": dg.MetadataValue.md(
+                f"![confusion matrix]({result['confusion_png']})"
+            ),
             "folder": dg.MetadataValue.path(result["folder"]),
             "mlflow_run": dg.MetadataValue.url(result["mlflow_url"]),
         },
