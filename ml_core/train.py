@@ -55,11 +55,11 @@ class TrainConfig:
     class-weighted losses, so use it with care (both correct the same imbalance).
     """
 
-    epochs: int = 10
+    epochs: int = 6
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-2
-    warmup_steps: int = 50
+    warmup_steps: int = 20
     max_steps: int | None = None
     grad_clip: float | None = 1.0
     loss: str = "weighted_ce"

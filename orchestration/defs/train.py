@@ -4,6 +4,7 @@ import dagster as dg
 
 from ml_core import pipeline
 from ml_core.train import TrainConfig
+from ml_core.windows import WindowConfig
 from orchestration.defs.partitions import fold_and_model, fold_model_partitions
 from orchestration.defs.prepare import feature_stats
 from orchestration.defs.resources import DataRoot, MlflowTracking
@@ -13,23 +14,24 @@ TRAINING_POOL = "training"
 
 
 class TrainingConfig(dg.Config):
-    """Hyperparameters; the defaults train in well under a minute per fold on a laptop CPU."""
+    """Hyperparameters (defaults: `ml_core.train.TrainConfig`'s, which train fast on a CPU)."""
 
-    epochs: int = 6
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 1e-2
-    warmup_steps: int = 20
-    max_steps: int | None = None
-    patience: int = 3
-    loss: str = "weighted_ce"
-    focal_gamma: float = 2.0
-    balanced_sampling: bool = False
-    seed: int = 0
-    window: int = 256
-    stride: int = 128
-    decimate: int = 1
-    class_set: str = "protocol12"
+    epochs: int = TrainConfig.epochs
+    batch_size: int = TrainConfig.batch_size
+    lr: float = TrainConfig.lr
+    weight_decay: float = TrainConfig.weight_decay
+    warmup_steps: int = TrainConfig.warmup_steps
+    max_steps: int | None = TrainConfig.max_steps
+    patience: int | None = TrainConfig.patience
+    loss: str = TrainConfig.loss
+    focal_gamma: float = TrainConfig.focal_gamma
+    balanced_sampling: bool = TrainConfig.balanced_sampling
+    seed: int = TrainConfig.seed
+    device: str = TrainConfig.device
+    window: int = WindowConfig.window
+    stride: int = WindowConfig.stride
+    decimate: int = WindowConfig.decimate
+    class_set: str = WindowConfig.class_set
     resume: bool = False
 
     def to_train_config(self) -> TrainConfig:
