@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,8 +98,14 @@ def run_demo(
     from orchestration.definitions import defs as load_defs
 
     began = time.perf_counter()
+    import mlflow  # noqa: F401  (imported first: it configures its loggers on import)
+
     for noisy in ("mlflow", "torch._export", "alembic"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # torch.export's note about LSTM weights when MLflow saves the model; the export works.
+    warnings.filterwarnings(
+        "ignore", message="The tensor attributes .* were assigned during export"
+    )
     paths = DataPaths(data_root)
     models = list(models or DEFAULT_DEMO_MODELS)
     folds = list(folds or FOLD_NAMES)

@@ -80,7 +80,7 @@ def fold_manifests(
     checks = result["checks"]
     passed = all(ok for ok, _ in checks.values())
     for note in report.notes:
-        context.log.warning(f"{fold}: {note}")
+        context.log.warning(note if note.startswith(f"{fold}:") else f"{fold}: {note}")
     split_rows = [
         {
             "split": split,
