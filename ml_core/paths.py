@@ -18,10 +18,6 @@ def default_data_root() -> Path:
 class DataPaths:
     root: Path
 
-    @classmethod
-    def default(cls) -> DataPaths:
-        return cls(default_data_root())
-
     # --- inputs -------------------------------------------------------------------------
     @property
     def raw(self) -> Path:

@@ -290,7 +290,7 @@ def evaluate_fold_model(
         val_logits=np.log(np.clip(val_probs, 1e-12, 1.0)),
         val_y=val_y,
     )
-    complete, missing = check_bundle_complete(out_dir)
+    _, missing = check_bundle_complete(out_dir)
     calibration = summary["calibration"]
     result: dict[str, Any] = {
         "summary": summary,

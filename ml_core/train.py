@@ -90,10 +90,6 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        return cls(**values)
-
 
 @dataclass
 class TrainResult:
