@@ -138,7 +138,7 @@ def test_focal_loss_with_gamma_zero_is_cross_entropy() -> None:
 # --- training --------------------------------------------------------------------------------
 def test_training_beats_chance_and_the_majority_baseline(fold: DataPaths, tmp_path: Path) -> None:
     records: list[dict] = []
-    overrides = {"dim": 8, "stages": 2, "blocks_per_stage": 1}
+    overrides = {"widths": [8, 16], "head_hidden": 16}
     cfg = config(epochs=4, lr=5e-3, model_overrides=overrides)
     result = train_model("temporal_cnn", fold, "toy", cfg, tmp_path, on_epoch=records.append)
     assert [r["epoch"] for r in records] == [1, 2, 3, 4] == [r["epoch"] for r in result.history]

@@ -20,6 +20,7 @@ _MODEL_MODULES: dict[str, str] = {
     "lstm": "ml_core.models.lstm",
     "temporal_cnn": "ml_core.models.temporal_cnn",
     "hierarchical_transformer": "ml_core.models.hierarchical_transformer",
+    "deep_conv_lstm": "ml_core.models.deep_conv_lstm",
 }
 
 
@@ -30,7 +31,8 @@ class ModelSpec:
     kind "torch": `build(config, n_classes, modality_channels)` returns an `nn.Module` whose
     `forward(x, present)` takes `x[modality]` of shape [B, T, C] (normalised, NaN already 0)
     and `present[modality]` of shape [B, T] (bool, True where the sample was observed) and
-    returns logits [B, n_classes].
+    returns logits [B, n_classes]. A model may set `aux_loss` (a scalar tensor, or None) in a
+    training forward pass: the training loop adds it to the classification loss.
     kind "sklearn": `build(...)` returns an object with `fit(x, present, y)` and
     `predict_proba(x, present)` over the same per-modality arrays.
     """

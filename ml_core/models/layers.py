@@ -70,7 +70,10 @@ def masked_mean(h: Tensor, mask: Tensor) -> Tensor:
 
 
 class AttentionPool(nn.Module):
-    """Learned softmax weights over present time steps; a row with none pools to zeros."""
+    """Learned softmax weights over present time steps: the pooled [B, D] and the weights [B, T].
+
+    A row with no present step pools to zeros (and its weights are all zero).
+    """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -78,12 +81,12 @@ class AttentionPool(nn.Module):
         # No bias on the score: softmax ignores a constant shift, so it would never learn.
         self.score = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, 1, bias=False))
 
-    def forward(self, h: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, h: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         scores = self.score(self.norm(h)).squeeze(-1)
         # The finite minimum, not -inf, keeps all-missing rows free of NaN; `* mask` zeroes them.
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         weights = scores.softmax(dim=1) * mask.to(h.dtype)
-        return torch.einsum("bt,btd->bd", weights, h)
+        return torch.einsum("bt,btd->bd", weights, h), weights
 
 
 class ResidualConvBlock(nn.Module):
