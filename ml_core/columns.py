@@ -80,6 +80,9 @@ ALL_ACTIVITIES: list[int] = sorted(PROTOCOL_ACTIVITIES + OPTIONAL_ACTIVITIES)
 CLASS_SETS: dict[str, list[int]] = {"protocol12": PROTOCOL_ACTIVITIES, "all18": ALL_ACTIVITIES}
 
 SUBJECTS: list[int] = list(range(101, 110))
+# 108 is left-handed: the wrist and ankle IMUs sit on the left side of the body.
+LEFT_HANDED_SUBJECTS: tuple[int, ...] = (108,)
+MIRRORED_IMUS: tuple[str, ...] = ("hand", "ankle")  # on the left for a left-handed subject
 OPTIONAL_SUBJECTS: list[int] = [101, 105, 106, 108, 109]
 
 SAMPLE_RATE_HZ = 100

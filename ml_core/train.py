@@ -2,18 +2,26 @@
 
 The torch loop is resumable exactly: an epoch's window order is a pure function of
 (seed, epoch), the learning rate a pure function of the step, and the checkpoint holds the
-model, optimizer, step within the epoch, the partial epoch loss and the global torch RNG state
-(dropout). So k steps + save + load + the rest gives the same weights and losses as one
-straight run (on the same device). numpy's RNG is not used, so it is not saved.
+model, optimizer, step within the epoch, the partial epoch loss, the global torch RNG state
+(dropout) and the augmenter's generator. So k steps + save + load + the rest gives the same
+weights and losses as one straight run on the same device; with `deterministic` a resume on
+another device is refused. numpy's RNG is not used, so it is not saved.
+
+Ready for a GPU: a fold's windows live on the training device when they fit (else batches are
+gathered on the CPU into pinned memory and copied without blocking), the epoch loss and the
+divergence guard stay on the device (the host reads them once an epoch, not every step),
+validation runs on the same device, and bf16 autocast and `torch.compile` are options.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,17 +32,19 @@ from sklearn.metrics import f1_score
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ml_core.augment import AugmentConfig, Augmenter
 from ml_core.io import load_torch, save_torch, write_json
 from ml_core.losses import build_loss
 from ml_core.models import create_model, get_spec
 from ml_core.paths import DataPaths
 from ml_core.stats import load_feature_stats
-from ml_core.windows import WindowConfig, WindowData
+from ml_core.windows import Batch, WindowConfig, WindowData
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 LOSSES = ("weighted_ce", "focal")
+PRECISIONS = ("fp32", "bf16")
 # Settings that may differ between a run and its resumption: they do not change the result
 # (max_steps only says where a run pauses; the schedule is always sized for all epochs).
 _RESUME_FREE = ("max_steps", "device")
@@ -42,6 +52,10 @@ _RESUME_FREE = ("max_steps", "device")
 
 class TrainingDivergedError(RuntimeError):
     """The training loss or gradient norm became NaN or infinite."""
+
+
+class DeviceMismatchError(RuntimeError):
+    """An exact (deterministic) resume was asked for on another device than the checkpoint's."""
 
 
 @dataclass
@@ -53,6 +67,12 @@ class TrainConfig:
     patience: epochs without a better validation macro F1 before stopping (None: never).
     balanced_sampling draws windows with probability 1 / class count; it combines with the
     class-weighted losses, so use it with care (both correct the same imbalance).
+    augment (an AugmentConfig, or a dict of its fields): training-batch augmentation, on by
+    default (see ml_core.augment); evaluation never augments.
+    precision "bf16" runs forward passes under bfloat16 autocast (CUDA, and CPUs with bf16).
+    compile wraps the model in torch.compile (the first steps pay for the compilation).
+    deterministic asks for an exact run: deterministic kernels, and a resume on another device
+    than the checkpoint's is refused (otherwise it proceeds with a warning).
     """
 
     epochs: int = 6
@@ -71,12 +91,22 @@ class TrainConfig:
     eval_batch_size: int = 256
     model_overrides: dict[str, Any] = field(default_factory=dict)
     window: WindowConfig = field(default_factory=WindowConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    precision: str = "fp32"
+    compile: bool = False
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.window, dict):
             self.window = WindowConfig(**self.window)
+        if isinstance(self.augment, dict):
+            self.augment = AugmentConfig(**self.augment)
         if self.loss not in LOSSES:
             raise ValueError(f"TrainConfig.loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}"
+            )
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -120,6 +150,13 @@ def lr_at(step: int, total_steps: int, warmup: int, base_lr: float) -> float:
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def device_label(device: torch.device) -> str:
+    """The hardware a run computes on, as checkpoints record it: "cpu", "mps" or the GPU model."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
 def resolve_device(name: str) -> torch.device:
     """ "auto" picks CUDA, then Apple MPS, then CPU."""
     if name != "auto":
@@ -158,7 +195,7 @@ def train_model(
                 f"fold {fold}: {paths.manifest(fold, split)} yields no {config.window.window}-"
                 f"sample windows of {config.window.class_set} activities"
             )
-    run = _Run(model_name, spec.kind, fold, config, train, val, out_dir, on_epoch)
+    run = _Run(model_name, spec.kind, fold, config, train, val, out_dir, on_epoch, stats)
     ckpt = run.resumable_checkpoint() if resume else None
     if spec.kind == "sklearn":
         return _fit_sklearn(run, ckpt)
@@ -177,6 +214,7 @@ class _Run:
     val: WindowData
     out_dir: Path
     on_epoch: Callable[[dict[str, Any]], None] | None
+    stats: Mapping[str, Any]  # the fold's feature statistics (the augmenter's physical units)
 
     @property
     def last_path(self) -> Path:
@@ -312,11 +350,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def _logits(model: nn.Module, data: WindowData, batch_size: int) -> Tensor:
     device = next(model.parameters()).device
     model.eval()
-    out = [
-        model(b.x, b.present).float().cpu()
-        for b in (b.to(device) for b in data.iter_batches(batch_size))
-    ]
-    return torch.cat(out) if out else torch.zeros(0, data.n_classes)
+    # Kept on the device and copied to the host once: no synchronisation per batch.
+    out = [model(b.x, b.present).float() for b in _to_device(data.iter_batches(batch_size), device)]
+    return torch.cat(out).cpu() if out else torch.zeros(0, data.n_classes)
 
 
 def _nll(probs: np.ndarray, y: np.ndarray) -> float:
@@ -346,7 +382,7 @@ def predict_proba(
     else:
         chunks = [model.predict_proba(b.x, b.present) for b in data.iter_batches(batch_size)]
         probs = np.concatenate(chunks) if chunks else np.zeros((0, data.n_classes))
-    return probs, data.labels.numpy()
+    return probs, data.labels.cpu().numpy()
 
 
 def load_trained_model(
@@ -366,18 +402,145 @@ def load_trained_model(
     return model, ckpt
 
 
+_AUGMENT_STREAM = 0x617567  # "aug": the augmenter's seed is derived from (stream, seed)
+# A split whose tensors take more than this share of the free GPU memory stays on the host.
+_DEVICE_SHARE = 0.5
+
+
+def _augment_seed(seed: int) -> int:
+    return int(np.random.SeedSequence([_AUGMENT_STREAM, seed]).generate_state(1)[0])
+
+
+def _on_device(data: WindowData, device: torch.device) -> WindowData:
+    """`data` on `device` when it fits in its free memory; otherwise left on the host."""
+    if device.type == "cpu":
+        return data
+    size = sum(t.numel() * t.element_size() for t in (data.data, data.present, data.starts))
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if size > _DEVICE_SHARE * free:
+            log.info("%.0f MB of windows stay on the host (pinned copies)", size / 1e6)
+            return data
+    return data.to(device)
+
+
+def _to_device(batches: Iterator[Batch], device: torch.device) -> Iterator[Batch]:
+    """Batches on `device`: as they are if already there, else via pinned memory, non-blocking."""
+    for b in batches:
+        if b.y.device == device or device.type != "cuda":
+            yield b.to(device)
+            continue
+
+        def move(t: Tensor) -> Tensor:
+            return t.pin_memory().to(device, non_blocking=True)
+
+        yield Batch(
+            {m: move(t) for m, t in b.x.items()},
+            {m: move(t) for m, t in b.present.items()},
+            move(b.y),
+        )
+
+
+@contextmanager
+def _deterministic(enabled: bool) -> Iterator[None]:
+    """Deterministic kernels for the duration of a run (restored afterwards)."""
+    if not enabled:
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    # cuBLAS reads this when it starts; set it before any CUDA work of this process.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.benchmark = previous[1]
+
+
+def _check_device(run: _Run, ckpt: dict[str, Any], label: str) -> None:
+    """Refuse an exact resume on other hardware; warn about an inexact one."""
+    recorded = ckpt.get("device")
+    if recorded == label:
+        return
+    if run.config.deterministic:
+        raise DeviceMismatchError(
+            f"{run.last_path} was written on {recorded}, but this run is on {label}; an exact "
+            "resume (TrainConfig.deterministic) needs the same device. Resume on "
+            f"{recorded}, set deterministic=False to continue here (the result will differ "
+            "slightly from an uninterrupted run), or delete the checkpoint to start afresh."
+        )
+    log.warning("resuming %s (written on %s) on %s: not bit-exact", run.last_path, recorded, label)
+
+
+class _Guard:
+    """An epoch's summed loss and its first non-finite loss or gradient norm, on the device.
+
+    Updating them needs no host synchronisation; `check` and `loss_sum` read them (once an
+    epoch, and when pausing).
+    """
+
+    def __init__(self, device: torch.device, loss_sum: float) -> None:
+        self.sum = torch.tensor(loss_sum, dtype=torch.float32, device=device)
+        self.bad_step = torch.tensor(-1, device=device)
+        self.bad_loss = torch.zeros((), device=device)
+        self.bad_norm = torch.zeros((), device=device)
+        self.lrs: dict[int, float] = {}
+
+    def add(self, step: int, lr: float, loss: Tensor, norm: Tensor | None) -> None:
+        loss = loss.detach()
+        self.sum += loss
+        finite = torch.isfinite(loss)
+        if norm is not None:
+            finite = finite & torch.isfinite(norm)
+            self.bad_norm = torch.where(finite | (self.bad_step >= 0), self.bad_norm, norm)
+        self.bad_loss = torch.where(finite | (self.bad_step >= 0), self.bad_loss, loss)
+        self.bad_step = torch.where(finite | (self.bad_step >= 0), self.bad_step, step)
+        self.lrs[step] = lr
+
+    def loss_sum(self) -> float:
+        return float(self.sum)
+
+    def check(self, run: _Run, epoch: int) -> None:
+        step = int(self.bad_step)
+        if step < 0:
+            return
+        where = f"{run.model_name} on fold {run.fold}: epoch {epoch + 1}, step {step}"
+        loss, lr = float(self.bad_loss), self.lrs[step]
+        if not math.isfinite(loss):
+            raise TrainingDivergedError(
+                f"{where}: loss is {loss} (lr {lr:.3g}); lower lr or check the inputs"
+            )
+        raise TrainingDivergedError(
+            f"{where}: gradient norm is {float(self.bad_norm)} (lr {lr:.3g}); lower lr"
+        )
+
+
 def _train_torch(run: _Run, ckpt: dict[str, Any] | None) -> TrainResult:
+    with _deterministic(run.config.deterministic):
+        return _train_torch_loop(run, ckpt)
+
+
+def _train_torch_loop(run: _Run, ckpt: dict[str, Any] | None) -> TrainResult:
     cfg, train = run.config, run.train
     device = resolve_device(cfg.device)
+    label = device_label(device)
+    if ckpt is not None:
+        _check_device(run, ckpt, label)
     torch.manual_seed(cfg.seed)
     model = create_model(
         run.model_name, train.n_classes, train.modality_channels, **cfg.model_overrides
     ).to(device)
+    forward = torch.compile(model) if cfg.compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     criterion = build_loss(cfg.loss, train.class_counts(), cfg.focal_gamma).to(device)
     batch_size = min(cfg.batch_size, len(train))
     steps_per_epoch = len(train) // batch_size  # the short last batch is dropped
     total_steps = cfg.epochs * steps_per_epoch
+    source, val = _on_device(train, device), _on_device(run.val, device)
+    augmenter = Augmenter(cfg.augment, run.stats, _augment_seed(cfg.seed), device)
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=cfg.precision == "bf16")
 
     state = _fresh_state()
     if ckpt is not None:
@@ -385,6 +548,7 @@ def _train_torch(run: _Run, ckpt: dict[str, Any] | None) -> TrainResult:
         optimizer.load_state_dict(ckpt["optimizer_state"])
         state = {k: ckpt[k] for k in state}
         _set_rng_state(ckpt["rng"])
+        augmenter.set_state(ckpt["augment_rng"])
         if state["finished"]:
             return run.result(ckpt, state["history"])
 
@@ -394,6 +558,8 @@ def _train_torch(run: _Run, ckpt: dict[str, Any] | None) -> TrainResult:
             "model_state": model.state_dict(),
             "optimizer_state": optimizer.state_dict(),
             "rng": _rng_state(),
+            "augment_rng": augmenter.state(),
+            "device": label,
             "steps_per_epoch": steps_per_epoch,
             "total_steps": total_steps,
             **state,
@@ -405,6 +571,9 @@ def _train_torch(run: _Run, ckpt: dict[str, Any] | None) -> TrainResult:
         order = train.order(
             _epoch_generator(cfg.seed, epoch), shuffle=True, balanced=cfg.balanced_sampling
         )
+        order = order.to(source.starts.device)
+        # On the device, read by the host once an epoch: the loss sum and the first bad step.
+        guard = _Guard(device, state["loss_sum"])
         model.train()
         bar = tqdm(
             range(state["step_in_epoch"], steps_per_epoch),
@@ -415,37 +584,38 @@ def _train_torch(run: _Run, ckpt: dict[str, Any] | None) -> TrainResult:
         for s in bar:
             if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
                 bar.close()
-                return _pause(run, model, checkpoint(), started)
-            batch = train.batch(order[s * batch_size : (s + 1) * batch_size]).to(device)
+                guard.check(run, epoch)
+                state["loss_sum"] = guard.loss_sum()
+                return _pause(run, model, checkpoint(), started, val)
+            indices = order[s * batch_size : (s + 1) * batch_size]
+            [batch] = _to_device(iter([source.batch(indices)]), device)
+            x, present = augmenter(batch.x, batch.present, source.subjects[indices])
             lr = lr_at(state["step"], total_steps, cfg.warmup_steps, cfg.lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = criterion(model(batch.x, batch.present), batch.y)
-            where = f"{run.model_name} on fold {run.fold}: epoch {epoch + 1}, step {state['step']}"
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"{where}: loss is {loss.item()} (lr {lr:.3g}); lower lr or check the inputs"
-                )
+            with autocast:
+                logits = forward(x, present)
+            loss = criterion(logits.float(), batch.y)
+            aux = getattr(model, "aux_loss", None)
+            if aux is not None:
+                loss = loss + aux.float()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            norm = None
             if cfg.grad_clip is not None:
                 norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                if not torch.isfinite(norm):
-                    raise TrainingDivergedError(
-                        f"{where}: gradient norm is {norm.item()} (lr {lr:.3g}); lower lr"
-                    )
             optimizer.step()
+            guard.add(state["step"], lr, loss, norm)
             state["step"] += 1
             state["step_in_epoch"] = s + 1
-            state["loss_sum"] += loss.item()
             state["loss_count"] += 1
-            bar.set_postfix(loss=f"{loss.item():.4f}")
 
-        probs, y = predict_proba(model, run.val, cfg.eval_batch_size)
+        guard.check(run, epoch)
+        probs, y = predict_proba(model, val, cfg.eval_batch_size)
         record = {
             "epoch": epoch + 1,
             "step": state["step"],
-            "train_loss": state["loss_sum"] / max(1, state["loss_count"]),
+            "train_loss": guard.loss_sum() / max(1, state["loss_count"]),
             **_val_metrics(probs, y),
             "lr": lr_at(max(0, state["step"] - 1), total_steps, cfg.warmup_steps, cfg.lr),
             "seconds": round(time.perf_counter() - started, 3),
@@ -475,7 +645,9 @@ def _train_torch(run: _Run, ckpt: dict[str, Any] | None) -> TrainResult:
     return run.result(ckpt, state["history"])
 
 
-def _pause(run: _Run, model: nn.Module, ckpt: dict[str, Any], started: float) -> TrainResult:
+def _pause(
+    run: _Run, model: nn.Module, ckpt: dict[str, Any], started: float, val: WindowData
+) -> TrainResult:
     """Stop at max_steps: save a resumable last.pt and report a validation of the model as is.
 
     The partial record is reported and written to history.json but kept out of the
@@ -483,7 +655,7 @@ def _pause(run: _Run, model: nn.Module, ckpt: dict[str, Any], started: float) ->
     has finished yet, best.pt holds this model so a smoke run still has something to evaluate.
     """
     save_torch(ckpt, run.last_path)
-    probs, y = predict_proba(model, run.val, run.config.eval_batch_size)
+    probs, y = predict_proba(model, val, run.config.eval_batch_size)
     cfg = run.config
     record = {
         "epoch": ckpt["epoch"] + 1,

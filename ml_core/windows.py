@@ -80,7 +80,7 @@ def _check_shard(shard: Mapping[str, Any], r: ShardRange, file: Path, source: st
             )
 
 
-def _normaliser(stats: Mapping[str, Any], source: str) -> tuple[Tensor, Tensor]:
+def normaliser(stats: Mapping[str, Any], source: str) -> tuple[Tensor, Tensor]:
     """Per-channel mean and std in MODEL_CHANNELS order; only the identity transform exists."""
     per_feature = stats["per_feature"]
     means, stds = [], []
@@ -120,7 +120,7 @@ class WindowData:
         self.class_ids = config.class_ids
         self.modalities = list(MODALITIES)
         self.modality_channels = {m: len(cols) for m, cols in MODALITIES.items()}
-        self._offsets = torch.arange(config.window)
+        self._offsets = torch.arange(config.window, device=starts.device)
 
     @classmethod
     def from_fold(
@@ -148,7 +148,7 @@ class WindowData:
         are skipped unread."""
         config = config or WindowConfig()
         class_index = {a: i for i, a in enumerate(config.class_ids)}
-        mean, std = _normaliser(stats, source)
+        mean, std = normaliser(stats, source)
         d = config.decimate
         selected = [r for r in ranges if r.activity in class_index]
         lengths = torch.tensor([(r.end - r.start + d - 1) // d for r in selected], dtype=torch.long)
@@ -188,6 +188,17 @@ class WindowData:
             labels.repeat_interleave(per_range),
             subjects.repeat_interleave(per_range),
             config,
+        )
+
+    def to(self, device: torch.device | str) -> WindowData:
+        """The same windows with every tensor on `device`: batches are then gathered there."""
+        return WindowData(
+            self.data.to(device),
+            self.present.to(device),
+            self.starts.to(device),
+            self.labels.to(device),
+            self.subjects.to(device),
+            self.config,
         )
 
     def __len__(self) -> int:
@@ -238,6 +249,6 @@ class WindowData:
 
     def iter_batches(self, batch_size: int, order: Tensor | None = None) -> Iterator[Batch]:
         """Batches over `order` (default: every window in sequence); the last may be short."""
-        order = torch.arange(len(self)) if order is None else order
+        order = torch.arange(len(self), device=self.starts.device) if order is None else order
         for i in range(0, len(order), batch_size):
             yield self.batch(order[i : i + batch_size])

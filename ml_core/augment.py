@@ -1,0 +1,226 @@
+"""Training-time augmentation that teaches subject invariance, vectorised over a batch.
+
+What differs between people wearing the same IMUs is mostly how the sensor sits (a few tens of
+degrees of rotation), how vigorously they move (amplitude), their pace (time warping), sensor
+noise (jitter) and, for left-handed people, which side the wrist and ankle sensors are on
+(a mirror image). Each is drawn per window (and per IMU where it is a sensor property):
+
+- rotation: one random 3-D rotation per IMU and window, applied to its accelerometer,
+  gyroscope and magnetometer triplets together (they share the sensor frame). Each rotation
+  vector component is normal with `rotation_deg` standard deviation, so small misplacements
+  are common and posture, which gravity's direction encodes, is not erased.
+- amplitude: the movement (accelerometer minus its window mean, and the angular rate) of each
+  IMU is scaled by a log-normal factor; gravity's magnitude and the magnetic field stay.
+- time warp: every modality of a window is resampled along a smooth monotone warp
+  u + a sin(pi u) / pi (ends fixed, local speed 1 + a cos(pi u), |a| <= `time_warp`).
+- jitter: Gaussian noise of `jitter_std` (in normalised units) on every observed sample.
+- mirroring: `mirror_left_handed` reflects the wrist and ankle IMUs of left-handed subjects
+  (108) onto the right-handed layout; `mirror_prob` reflects any window's wrist and ankle IMUs
+  with that probability, so the model also meets left-handed layouts it cannot be told about
+  at test time. A reflection across the body's sagittal plane negates the lateral axis of
+  acceleration and magnetic field and the two other axes of the angular rate (a pseudovector).
+
+Rotation, amplitude and mirroring act in physical units (the fold's normalisation undone and
+redone), so they are real rotations and reflections. Missing samples stay missing and zero, and
+labels are untouched. All randomness comes from the augmenter's own `torch.Generator`, seeded
+from the run's seed; its state goes into every checkpoint, so a resumed run draws exactly what
+a straight run would.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ml_core.columns import AXES, IMUS, LEFT_HANDED_SUBJECTS, MIRRORED_IMUS, MODALITIES
+from ml_core.windows import MODALITY_SLICES, normaliser
+
+VECTOR_FIELDS = ("acc16", "gyro", "mag")  # per IMU, rotated together
+# Reflection across the sagittal plane, per field: the lateral axis (y, as the synthetic data
+# and PAMAP2's wrist/ankle mounting have it) of vectors; the other two of the angular rate.
+_LATERAL_AXIS = 1
+_MIRROR_SIGNS = {
+    "acc16": [-1.0 if a == _LATERAL_AXIS else 1.0 for a in range(3)],
+    "gyro": [1.0 if a == _LATERAL_AXIS else -1.0 for a in range(3)],
+    "mag": [-1.0 if a == _LATERAL_AXIS else 1.0 for a in range(3)],
+}
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation; `enabled=False` (or every strength 0) leaves batches as is.
+
+    On by default for training: the gap between within-subject and leave-one-subject-out
+    scores is the problem it addresses, and every strength is set to the spread between
+    people of the real data (a few tens of degrees of sensor placement, +-20 % effort and
+    pace), not beyond it. Evaluation never augments.
+    """
+
+    enabled: bool = True
+    rotation_deg: float = 10.0  # std of each rotation-vector component, per IMU and window
+    scale_std: float = 0.2  # std of the log of the movement amplitude factor, per IMU
+    time_warp: float = 0.2  # largest |a| of the warp (local speed 1 +- a)
+    jitter_std: float = 0.05  # additive noise, normalised units
+    mirror_left_handed: bool = True  # reflect subject 108's wrist and ankle IMUs
+    mirror_prob: float = 0.5  # reflect any window's wrist and ankle IMUs with this probability
+
+    def __post_init__(self) -> None:
+        for name in ("rotation_deg", "scale_std", "jitter_std"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"AugmentConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.time_warp < 1:
+            raise ValueError(f"AugmentConfig.time_warp must be in [0, 1), got {self.time_warp}")
+        if not 0 <= self.mirror_prob <= 1:
+            raise ValueError(f"AugmentConfig.mirror_prob must be in [0, 1], got {self.mirror_prob}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def rotation_matrices(rotvec: Tensor) -> Tensor:
+    """Rodrigues: rotation vectors [..., 3] (axis times angle, radians) -> matrices [..., 3, 3]."""
+    angle = rotvec.norm(dim=-1, keepdim=True)
+    k = rotvec / angle.clamp(min=1e-12)
+    zero = torch.zeros_like(k[..., 0])
+    cross = torch.stack(
+        [zero, -k[..., 2], k[..., 1], k[..., 2], zero, -k[..., 0], -k[..., 1], k[..., 0], zero],
+        dim=-1,
+    ).reshape(*k.shape[:-1], 3, 3)
+    eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device)
+    sin, cos = angle.sin()[..., None], angle.cos()[..., None]
+    return eye + sin * cross + (1 - cos) * (cross @ cross)
+
+
+class Augmenter:
+    """Augments training batches of the modalities in `channels` (all of MODALITIES by default).
+
+    `stats` are the fold's feature statistics (to undo and redo the normalisation).
+    """
+
+    def __init__(
+        self,
+        config: AugmentConfig,
+        stats: Mapping[str, Any],
+        seed: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        mean, std = normaliser(stats, "feature stats")
+        self.mean = {m: mean[s].to(self.device) for m, s in MODALITY_SLICES.items()}
+        self.std = {m: std[s].to(self.device) for m, s in MODALITY_SLICES.items()}
+        # Per IMU modality: indices of its vector fields' channels, [3 fields, 3 axes].
+        self.vectors = {
+            f"imu_{imu}": torch.tensor(
+                [
+                    [MODALITIES[f"imu_{imu}"].index(f"{imu}_{f}_{a}") for a in AXES]
+                    for f in VECTOR_FIELDS
+                ],
+                device=self.device,
+            )
+            for imu in IMUS
+        }
+        signs = torch.tensor([_MIRROR_SIGNS[f] for f in VECTOR_FIELDS], device=self.device)
+        self.mirror_signs = signs  # [3 fields, 3 axes]
+        self.mirrored = {f"imu_{imu}" for imu in MIRRORED_IMUS}
+        self.left_handed = torch.tensor(LEFT_HANDED_SUBJECTS, device=self.device)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+
+    @property
+    def active(self) -> bool:
+        c = self.config
+        strengths = (c.rotation_deg, c.scale_std, c.time_warp, c.jitter_std, c.mirror_prob)
+        return c.enabled and (any(s > 0 for s in strengths) or c.mirror_left_handed)
+
+    def state(self) -> Tensor:
+        return self.generator.get_state()
+
+    def set_state(self, state: Tensor) -> None:
+        self.generator.set_state(state)
+
+    def _normal(self, *shape: int) -> Tensor:
+        return torch.randn(*shape, generator=self.generator, device=self.device)
+
+    def _uniform(self, *shape: int) -> Tensor:
+        return torch.rand(*shape, generator=self.generator, device=self.device)
+
+    def __call__(
+        self, x: dict[str, Tensor], present: dict[str, Tensor], subjects: Tensor
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Augmented copies of `x` and `present` ([B, T, C] and [B, T] per modality) for
+        windows of `subjects` [B]; the inputs are not modified."""
+        if not self.active:
+            return x, present
+        c = self.config
+        b = subjects.shape[0]
+        flip = torch.zeros(b, dtype=torch.bool, device=self.device)
+        if c.mirror_left_handed:
+            flip = torch.isin(subjects.to(self.device), self.left_handed)
+        if c.mirror_prob > 0:
+            flip = flip ^ (self._uniform(b) < c.mirror_prob)
+        out = dict(x)
+        for m, fields in self.vectors.items():
+            if m in x:
+                mirror = flip if m in self.mirrored else None
+                out[m] = self._imu(m, x[m], present[m], fields, mirror)
+        present = dict(present)
+        if c.time_warp > 0:
+            out, present = self._warp(out, present)
+        for m in out:
+            if c.jitter_std > 0:
+                out[m] = out[m] + c.jitter_std * self._normal(*out[m].shape)
+            out[m] = out[m] * present[m].unsqueeze(-1).to(out[m].dtype)
+        return out, present
+
+    def _imu(
+        self, m: str, x: Tensor, present: Tensor, fields: Tensor, flip: Tensor | None
+    ) -> Tensor:
+        """Mirror, rotate and scale one IMU's vector fields in physical units."""
+        c = self.config
+        b, t, _ = x.shape
+        index = fields.flatten()
+        mean, std = self.mean[m][index], self.std[m][index]
+        v = (x[:, :, index] * std + mean).reshape(b, t, 3, 3)  # [B, T, field, axis]
+        # One matrix per window and field: the rotation after the (optional) reflection.
+        mats = rotation_matrices(self._normal(b, 3) * math.radians(c.rotation_deg))
+        mats = mats.unsqueeze(1).expand(b, 3, 3, 3)  # [B, field, 3, 3]
+        if flip is not None:
+            signs = torch.where(flip[:, None, None], self.mirror_signs, 1.0)  # [B, field, axis]
+            mats = mats * signs.unsqueeze(2)  # columns: reflect first, then rotate
+        v = torch.einsum("bfij,btfj->btfi", mats, v)
+        if c.scale_std > 0:
+            scale = (self._normal(b) * c.scale_std).exp()[:, None, None]  # [B, 1, 1]
+            weight = present.unsqueeze(-1).to(v.dtype)
+            acc = v[:, :, 0]
+            gravity = (acc * weight).sum(1, keepdim=True) / weight.sum(1, keepdim=True).clamp(1)
+            acc = gravity + scale * (acc - gravity)
+            v = torch.stack([acc, scale * v[:, :, 1], v[:, :, 2]], dim=2)
+        out = x.clone()
+        out[:, :, index] = (v.reshape(b, t, 9) - mean) / std
+        return out
+
+    def _warp(
+        self, x: dict[str, Tensor], present: dict[str, Tensor]
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Resample every modality of a window along the same smooth monotone time warp."""
+        first = next(iter(x.values()))
+        b, t = first.shape[:2]
+        a = (2 * self._uniform(b, 1) - 1) * self.config.time_warp
+        u = torch.linspace(0, 1, t, device=self.device)[None, :]
+        pos = (t - 1) * (u + a * torch.sin(math.pi * u) / math.pi)  # [B, T], ends fixed
+        lo = pos.floor().long().clamp(0, t - 1)
+        hi = (lo + 1).clamp(max=t - 1)
+        frac = (pos - lo).unsqueeze(-1)
+        out, mask = {}, {}
+        for m, v in x.items():
+            lo_v = v.gather(1, lo.unsqueeze(-1).expand(b, t, v.shape[2]))
+            hi_v = v.gather(1, hi.unsqueeze(-1).expand(b, t, v.shape[2]))
+            out[m] = lo_v + frac.to(v.dtype) * (hi_v - lo_v)
+            # A resampled point is observed only if both samples it lies between are.
+            mask[m] = present[m].gather(1, lo) & present[m].gather(1, hi)
+        return out, mask
