@@ -14,6 +14,10 @@ noise (jitter) and, for left-handed people, which side the wrist and ankle senso
 - time warp: every modality of a window is resampled along a smooth monotone warp
   u + a sin(pi u) / pi (ends fixed, local speed 1 + a cos(pi u), |a| <= `time_warp`).
 - jitter: Gaussian noise of `jitter_std` (in normalised units) on every observed sample.
+- offsets: a constant per window and channel added to the magnetometer (a sensor's hard-iron
+  offset), skin temperature and heart rate, in physical units. These differ between people
+  and sensors by about as much as between activities, so without them a network can tell
+  its training subjects apart by them and memorise them.
 - mirroring: `mirror_left_handed` reflects the wrist and ankle IMUs of left-handed subjects
   (108) onto the right-handed layout; `mirror_prob` reflects any window's wrist and ankle IMUs
   with that probability, so the model also meets left-handed layouts it cannot be told about
@@ -37,7 +41,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ml_core.columns import AXES, IMUS, LEFT_HANDED_SUBJECTS, MIRRORED_IMUS, MODALITIES
+from ml_core.columns import (
+    AXES,
+    HEART_RATE,
+    IMUS,
+    LEFT_HANDED_SUBJECTS,
+    MIRRORED_IMUS,
+    MODALITIES,
+)
 from ml_core.windows import MODALITY_SLICES, normaliser
 
 VECTOR_FIELDS = ("acc16", "gyro", "mag")  # per IMU, rotated together
@@ -66,11 +77,15 @@ class AugmentConfig:
     scale_std: float = 0.2  # std of the log of the movement amplitude factor, per IMU
     time_warp: float = 0.2  # largest |a| of the warp (local speed 1 +- a)
     jitter_std: float = 0.05  # additive noise, normalised units
+    mag_offset_ut: float = 10.0  # std of the per-window offset of each magnetometer axis, uT
+    temperature_offset_c: float = 1.0  # std of the per-window skin temperature offset, degC
+    heart_rate_offset_bpm: float = 8.0  # std of the per-window heart rate offset, bpm
     mirror_left_handed: bool = True  # reflect subject 108's wrist and ankle IMUs
     mirror_prob: float = 0.5  # reflect any window's wrist and ankle IMUs with this probability
 
     def __post_init__(self) -> None:
-        for name in ("rotation_deg", "scale_std", "jitter_std"):
+        offsets = ("mag_offset_ut", "temperature_offset_c", "heart_rate_offset_bpm")
+        for name in ("rotation_deg", "scale_std", "jitter_std", *offsets):
             if getattr(self, name) < 0:
                 raise ValueError(f"AugmentConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.time_warp < 1:
@@ -129,12 +144,32 @@ class Augmenter:
         self.mirror_signs = signs  # [3 fields, 3 axes]
         self.mirrored = {f"imu_{imu}" for imu in MIRRORED_IMUS}
         self.left_handed = torch.tensor(LEFT_HANDED_SUBJECTS, device=self.device)
+        # Per modality: its offset channels and each one's offset std in normalised units.
+        self.offsets: dict[str, tuple[Tensor, Tensor]] = {}
+        for m, cols in MODALITIES.items():
+            spread = {
+                **{c: config.mag_offset_ut for c in cols if "_mag_" in c},
+                **{c: config.temperature_offset_c for c in cols if c.endswith("temperature_c")},
+                **{c: config.heart_rate_offset_bpm for c in cols if c == HEART_RATE},
+            }
+            index = torch.tensor([cols.index(c) for c in spread], device=self.device)
+            scale = torch.tensor(list(spread.values()), device=self.device) / self.std[m][index]
+            self.offsets[m] = index, scale
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
     @property
     def active(self) -> bool:
         c = self.config
-        strengths = (c.rotation_deg, c.scale_std, c.time_warp, c.jitter_std, c.mirror_prob)
+        strengths = (
+            c.rotation_deg,
+            c.scale_std,
+            c.time_warp,
+            c.jitter_std,
+            c.mirror_prob,
+            c.mag_offset_ut,
+            c.temperature_offset_c,
+            c.heart_rate_offset_bpm,
+        )
         return c.enabled and (any(s > 0 for s in strengths) or c.mirror_left_handed)
 
     def state(self) -> Tensor:
@@ -172,6 +207,11 @@ class Augmenter:
         if c.time_warp > 0:
             out, present = self._warp(out, present)
         for m in out:
+            index, scale = self.offsets[m]
+            if (scale > 0).any():
+                offset = torch.zeros(b, 1, out[m].shape[2], device=self.device)
+                offset[:, :, index] = self._normal(b, 1, len(index)) * scale
+                out[m] = out[m] + offset
             if c.jitter_std > 0:
                 out[m] = out[m] + c.jitter_std * self._normal(*out[m].shape)
             out[m] = out[m] * present[m].unsqueeze(-1).to(out[m].dtype)

@@ -14,12 +14,13 @@ from sklearn.metrics import f1_score
 from torch import Tensor, nn
 
 from ml_core import models
-from ml_core.io import load_torch
+from ml_core.io import load_torch, save_torch
 from ml_core.losses import FocalLoss, build_loss, class_weights
 from ml_core.models import ModelSpec
 from ml_core.paths import DataPaths
 from ml_core.stats import load_feature_stats
 from ml_core.train import (
+    DeviceMismatchError,
     TrainConfig,
     TrainingDivergedError,
     load_trained_model,
@@ -233,3 +234,55 @@ def test_checkpoints_load_weights_only_and_reproduce_the_best_metric(
     np.testing.assert_allclose(probs.sum(1), 1.0)
     f1 = f1_score(y, probs.argmax(1), average="macro", zero_division=0)
     assert math.isclose(f1, result.best_metric)
+
+
+# --- precision, devices, auxiliary losses ---------------------------------------------------
+def test_bf16_autocast_trains_with_finite_losses(fold: DataPaths, tmp_path: Path) -> None:
+    overrides = {"widths": [8, 16], "head_hidden": 16}
+    cfg = config(epochs=3, lr=5e-3, precision="bf16", model_overrides=overrides)
+    result = train_model("temporal_cnn", fold, "toy", cfg, tmp_path)
+    assert result.completed
+    assert all(math.isfinite(v) for r in result.history for v in losses([r])[0])
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.best_metric > result.majority_baseline_accuracy
+    with pytest.raises(ValueError, match="precision"):
+        config(precision="fp8")
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_resume_on_another_device_is_refused_when_exactness_is_asked(
+    fold: DataPaths, tmp_path: Path, deterministic: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    paused = train_model(
+        "tiny_test", fold, "toy", config(max_steps=3, deterministic=deterministic), tmp_path
+    )
+    ckpt = load_torch(paused.last_path)
+    assert ckpt["device"] == "cpu"
+    save_torch({**ckpt, "device": "cuda (NVIDIA H200)"}, paused.last_path)  # as if written there
+    cfg = config(deterministic=deterministic)
+    if deterministic:
+        with pytest.raises(DeviceMismatchError, match=r"written on cuda \(NVIDIA H200\).*on cpu"):
+            train_model("tiny_test", fold, "toy", cfg, tmp_path)
+    else:
+        resumed = train_model("tiny_test", fold, "toy", cfg, tmp_path)
+        assert resumed.completed and resumed.steps == 18  # continued, not restarted
+        assert "not bit-exact" in caplog.text
+
+
+def test_centre_attention_hinge_is_an_auxiliary_loss_of_training_passes() -> None:
+    torch.manual_seed(0)
+    channels = {"imu_hand": 10, "heart_rate": 1}
+    model = models.create_model(
+        "temporal_cnn", 3, channels, centre_hinge_weight=2.0, centre_hinge_margin=0.9
+    )
+    x = {m: torch.randn(4, 64, c) for m, c in channels.items()}
+    present = {m: torch.ones(4, 64, dtype=torch.bool) for m in channels}
+    model.train()
+    model(x, present)
+    aux = model.aux_loss
+    assert aux is not None and 0 < float(aux.detach()) <= 2.0 * 0.9
+    aux.backward()
+    assert model.pool.score[0].weight.grad is not None  # it trains the attention
+    model.eval()
+    model(x, present)
+    assert model.aux_loss is None
