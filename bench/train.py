@@ -1,11 +1,12 @@
 """Benchmark training and inference throughput against a per-window `Dataset` + `DataLoader`.
 
 For every registered model at its default config: training windows/s end to end (building the
-batch, then forward, backward, gradient clipping and the AdamW step, as `ml_core.train` runs
-them), inference windows/s (eval mode, no grad, batches of 256) and the share of the step time
-spent building batches. Ours gathers each batch from `WindowData` in one indexing op. The
-baseline is what a typical PyTorch project writes: a `Dataset` whose `__getitem__` slices one
-window from its shard tensor, normalises it and builds the per-modality inputs and masks, and a
+batch, then augmentation, forward, backward, gradient clipping and the AdamW step, as
+`ml_core.train` runs them, with no host synchronisation per step), inference windows/s (eval
+mode, no grad, batches of 256) and the share of the step time spent building batches. Ours
+gathers each batch from `WindowData` in one indexing op. The baseline is what a typical PyTorch
+project writes: a `Dataset` whose `__getitem__` slices one window from its shard tensor,
+normalises it and builds the per-modality inputs and masks, and a
 `DataLoader` with the default collate. It trains the default model (`temporal_cnn`, the one
 `pamap demo` trains) in the same run, on the same windows.
 
@@ -13,6 +14,10 @@ window from its shard tensor, normalises it and builds the per-modality inputs a
     uv run python bench/train.py --models temporal_cnn lstm --steps 50
     uv run python bench/train.py --root DIR              # keep the prepared fold; reruns reuse it
     uv run python bench/train.py --device cpu cuda       # the same table on the GPU as well
+    uv run python bench/train.py --device cuda --precision bf16 --compile
+
+On CUDA the fold's windows are moved to the GPU first (as `ml_core.train` does when they fit),
+so batches are gathered there; the baseline's DataLoader batches are copied from pinned memory.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from ml_core.augment import Augmenter
 from ml_core.columns import MODEL_CHANNELS, SUBJECTS
 from ml_core.folds import FOLD_NAMES, SPLITS, read_manifest
 from ml_core.io import load_torch
@@ -44,7 +50,7 @@ from ml_core.paths import DataPaths
 from ml_core.shards import INDEX_NAME
 from ml_core.stats import load_feature_stats
 from ml_core.synthetic import SCALES, write_dataset
-from ml_core.train import TrainConfig, TrainingDivergedError
+from ml_core.train import PRECISIONS, TrainConfig, TrainingDivergedError
 from ml_core.windows import MODALITY_SLICES, Batch, WindowConfig, WindowData
 
 SEED = 0
@@ -221,6 +227,7 @@ def our_batches(data: WindowData, batch_size: int, train: bool) -> Iterator[Batc
     for epoch in count():
         if train:
             order = data.order(torch.Generator().manual_seed(SEED + epoch), shuffle=True)
+            order = order.to(data.starts.device)
             for s in range(len(data) // batch_size):
                 yield data.batch(order[s * batch_size : (s + 1) * batch_size])
         else:
@@ -237,6 +244,7 @@ def loader_batches(dataset: PerWindowDataset, batch_size: int, train: bool) -> I
         drop_last=train,
         num_workers=0,
         generator=torch.Generator().manual_seed(SEED),
+        pin_memory=torch.cuda.is_available(),
     )
     while True:
         for x, present, y in loader:
@@ -244,43 +252,61 @@ def loader_batches(dataset: PerWindowDataset, batch_size: int, train: bool) -> I
 
 
 class TorchRun:
-    """One model with its optimizer and loss as `ml_core.train` builds them, and its steps."""
+    """One model with its optimizer, loss and augmenter as `ml_core.train` builds them, and its
+    steps."""
 
     def __init__(
         self,
         name: str,
         class_counts: Tensor,
         modality_channels: dict[str, int],
+        stats: dict[str, Any],
         cfg: TrainConfig,
         device: torch.device,
     ) -> None:
         torch.manual_seed(SEED)
         self.name = name
         self.model = create_model(name, len(class_counts), modality_channels).to(device)
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
         self.criterion = build_loss(cfg.loss, class_counts, cfg.focal_gamma).to(device)
         self.grad_clip = cfg.grad_clip
+        self.augmenter = Augmenter(cfg.augment, stats, SEED, device)
+        self.autocast = torch.autocast(device.type, torch.bfloat16, enabled=cfg.precision == "bf16")
+        self.loss_sum = torch.zeros((), device=device)  # read once, after the timed steps
 
     @property
     def params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
     def train_step(self, batch: Batch) -> None:
-        loss = self.criterion(self.model(batch.x, batch.present), batch.y)
-        value = loss.item()  # the loop reads it every step (divergence check, epoch loss)
-        if not math.isfinite(value):
-            raise TrainingDivergedError(f"{self.name}: loss is {value}")
+        # The streams do not track subjects; the augmentation's cost does not depend on them.
+        subjects = torch.full_like(batch.y, SUBJECTS[0])
+        x, present = self.augmenter(batch.x, batch.present, subjects)
+        with self.autocast:
+            logits = self.forward(x, present)
+        loss = self.criterion(logits.float(), batch.y)
+        aux = getattr(self.model, "aux_loss", None)
+        if aux is not None:
+            loss = loss + aux.float()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
+        self.loss_sum += loss.detach()
+
+    def check_finite(self) -> None:
+        value = float(self.loss_sum)
+        if not math.isfinite(value):
+            raise TrainingDivergedError(f"{self.name}: summed training loss is {value}")
 
     @torch.no_grad()
     def infer_step(self, batch: Batch) -> None:
-        self.model(batch.x, batch.present).float().cpu()
+        with self.autocast:
+            self.forward(batch.x, batch.present).float().cpu()
 
 
 @dataclass
@@ -297,6 +323,7 @@ def bench_torch(
     sources: list[Source],
     class_counts: Tensor,
     modality_channels: dict[str, int],
+    stats: dict[str, Any],
     cfg: TrainConfig,
     device: torch.device,
     steps: int,
@@ -304,7 +331,7 @@ def bench_torch(
 ) -> list[Row]:
     """Train model `name` once per source for `steps` timed steps, then time inference; the
     sources take turns step by step (each with its own, identically initialised model)."""
-    runs = [TorchRun(name, class_counts, modality_channels, cfg, device) for _ in sources]
+    runs = [TorchRun(name, class_counts, modality_channels, stats, cfg, device) for _ in sources]
     for run in runs:
         run.model.train()
     train = time_batches(
@@ -314,6 +341,7 @@ def bench_torch(
         warmup,
     )
     for run in runs:
+        run.check_finite()
         run.model.eval()
     infer = time_batches(
         [(s.infer, r.infer_step) for s, r in zip(sources, runs, strict=True)],
@@ -463,10 +491,15 @@ def run_device(
     base_val = PerWindowDataset(paths, fold, "val", stats, cfg.window)
     check_same_windows(train, base_train)
     check_same_windows(val, base_val)
+    class_counts = train.class_counts()
+    if device.type == "cuda":  # as ml_core.train does when a fold fits on the GPU
+        train, val = train.to(device), val.to(device)
     print(
         f"\ndevice {_device_name(device)}, fold {fold}: {len(train):,} train and {len(val):,} "
         f"val windows of {cfg.window.window} samples, stride {cfg.window.stride}; "
-        f"{steps} timed training steps after {warmup} warm-up steps"
+        f"{steps} timed training steps after {warmup} warm-up steps; precision "
+        f"{cfg.precision}, torch.compile {'on' if cfg.compile else 'off'}, augmentation "
+        f"{'on' if cfg.augment.enabled else 'off'}"
     )
     print(f"  {_load()}", flush=True)
     if (
@@ -490,8 +523,9 @@ def run_device(
         return bench_torch(
             name,
             sources,
-            train.class_counts(),
+            class_counts,
             train.modality_channels,
+            stats,
             cfg,
             device,
             steps,
@@ -540,6 +574,8 @@ def main() -> None:
     parser.add_argument(
         "--device", nargs="+", choices=["cpu", "cuda"], default=["cpu"], help="one table each"
     )
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every model")
     parser.add_argument(
         "--threads",
         type=int,
@@ -574,7 +610,7 @@ def main() -> None:
                 DataPaths(root),
                 args.fold,
                 args.models,
-                TrainConfig(),
+                TrainConfig(precision=args.precision, compile=args.compile),
                 args.steps,
                 args.warmup,
             )
