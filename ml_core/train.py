@@ -20,7 +20,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -442,7 +442,7 @@ def _to_device(batches: Iterator[Batch], device: torch.device) -> Iterator[Batch
 
 
 @contextmanager
-def _deterministic(enabled: bool) -> Iterator[None]:
+def _deterministic(enabled: bool) -> Generator[None]:
     """Deterministic kernels for the duration of a run (restored afterwards)."""
     if not enabled:
         yield

@@ -83,15 +83,12 @@ class ModalityTransformer(nn.Module):
         self.modality_embedding = nn.Parameter(torch.randn(len(modality_channels), d) * 0.02)
         self.fusion = transformer(d, config.heads, config.fusion_layers, config.dropout)
         self.norm = nn.LayerNorm(d)
-        self.head = nn.Sequential(
-            nn.Linear(d, config.head_hidden),
-            nn.GELU(),
-            nn.Dropout(config.dropout),
-            nn.Linear(config.head_hidden, n_classes),
-        )
+        hidden = nn.Linear(d, config.head_hidden)
+        out = nn.Linear(config.head_hidden, n_classes)
         # Small last-layer weights: the first loss is about ln(K).
-        nn.init.normal_(self.head[-1].weight, std=0.01)
-        nn.init.zeros_(self.head[-1].bias)
+        nn.init.normal_(out.weight, std=0.01)
+        nn.init.zeros_(out.bias)
+        self.head = nn.Sequential(hidden, nn.GELU(), nn.Dropout(config.dropout), out)
 
     def forward(self, x: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
         tokens, available = zip(

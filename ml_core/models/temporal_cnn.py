@@ -97,15 +97,12 @@ class TemporalCNN(nn.Module):
         self.stages = nn.ModuleList(stages)
         d = widths[-1]
         self.pool = AttentionPool(d)
-        self.head = nn.Sequential(
-            nn.Linear(2 * d, config.head_hidden),
-            nn.GELU(),
-            nn.Dropout(config.dropout),
-            nn.Linear(config.head_hidden, n_classes),
-        )
+        hidden = nn.Linear(2 * d, config.head_hidden)
+        out = nn.Linear(config.head_hidden, n_classes)
         # Small last-layer weights: the first loss is about ln(K).
-        nn.init.normal_(self.head[-1].weight, std=0.01)
-        nn.init.zeros_(self.head[-1].bias)
+        nn.init.normal_(out.weight, std=0.01)
+        nn.init.zeros_(out.bias)
+        self.head = nn.Sequential(hidden, nn.GELU(), nn.Dropout(config.dropout), out)
         self.aux_loss: Tensor | None = None
 
     def forward(self, x: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
