@@ -443,19 +443,27 @@ def _to_device(batches: Iterator[Batch], device: torch.device) -> Iterator[Batch
 
 @contextmanager
 def _deterministic(enabled: bool) -> Generator[None]:
-    """Deterministic kernels for the duration of a run (restored afterwards)."""
+    """Deterministic kernels for the duration of a run (restored afterwards).
+
+    warn_only: an op with no deterministic kernel on this device warns (torch names it)
+    instead of stopping a run that is otherwise exact.
+    """
     if not enabled:
         yield
         return
-    previous = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     # cuBLAS reads this when it starts; set it before any CUDA work of this process.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(previous[0])
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[2])
         torch.backends.cudnn.benchmark = previous[1]
 
 
