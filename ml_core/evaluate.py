@@ -347,12 +347,14 @@ def write_evaluation_bundle(
     val_logits: np.ndarray | None = None,
     val_y: np.ndarray | None = None,
     test_logits: np.ndarray | None = None,
+    context: dict[str, Any] | None = None,
 ) -> dict:
     """Write every file of BUNDLE_FILES into `out_dir` (atomically) and return the summary.
 
     `probs` are test-set class probabilities (n, K); `y_true` indexes `class_ids`. With
     `val_logits` / `val_y`, a temperature is fitted on validation and the test calibration
-    is reported before and after scaling (`test_logits` default to log `probs`).
+    is reported before and after scaling (`test_logits` default to log `probs`). `context`
+    (fold, model, seed, protocol, notes) is stored at the top of `summary_metrics.json`.
     """
     out_dir = Path(out_dir)
     y_true, probs, names = _check_inputs(y_true, probs, class_ids)
@@ -376,6 +378,7 @@ def write_evaluation_bundle(
 
     present = metrics["classes_in_y_true"]
     summary = {
+        **(context or {}),
         "title": title,
         "n_test": int(len(y_true)),
         "n_classes": k,

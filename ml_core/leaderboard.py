@@ -164,7 +164,7 @@ def _entry(model: str, results: list[Result]) -> dict[str, Any]:
     by_fold: dict[str, list[Result]] = defaultdict(list)
     for r in results:
         by_fold[r.fold].append(r)
-    per_fold = {
+    per_fold: dict[str, dict[str, Any]] = {
         f: {
             "macro_f1": float(np.mean([r.macro_f1 for r in rs])),
             "accuracy": float(np.mean([r.accuracy for r in rs])),

@@ -17,6 +17,7 @@ from typing import Any
 
 from ml_core.columns import ACTIVITY_NAMES, CLASS_SETS, SAMPLE_RATE_HZ
 from ml_core.io import write_json
+from ml_core.paths import DataPaths
 
 PROTOCOL_FIELDS: tuple[str, ...] = (
     "window",
@@ -121,3 +122,13 @@ def read_latest_training(model_root: Path) -> LatestTraining:
         raise FileNotFoundError(f"{path}: no training recorded here; materialize trained_model")
     record = json.loads(path.read_text())
     return LatestTraining(str(record["protocol_id"]), [int(s) for s in record["seeds"]])
+
+
+def latest_dirs(paths: DataPaths, fold: str, model: str) -> tuple[Path, Path]:
+    """(model folder, evaluation folder) of the first seed of the latest training."""
+    latest = read_latest_training(paths.model_root(fold, model))
+    seed = latest.seeds[0]
+    return (
+        paths.model_dir(fold, model, latest.protocol_id, seed),
+        paths.evaluation_dir(fold, model, latest.protocol_id, seed),
+    )

@@ -28,6 +28,7 @@ from ml_core.io import load_torch, save_torch, write_json
 from ml_core.losses import build_loss
 from ml_core.models import create_model, get_spec
 from ml_core.paths import DataPaths
+from ml_core.protocol import EvaluationProtocol
 from ml_core.stats import load_feature_stats
 from ml_core.windows import WindowConfig, WindowData
 
@@ -251,6 +252,8 @@ class _Run:
             {
                 "model_name": self.model_name,
                 "fold": self.fold,
+                "protocol": EvaluationProtocol.of(self.config).to_dict(),
+                "seed": self.config.seed,
                 "best_metric": ckpt["best_metric"],
                 "best_epoch": ckpt["best_epoch"],
                 "stopped_early": ckpt["stopped_early"],

@@ -33,6 +33,7 @@ class TrainingConfig(dg.Config):
     decimate: int = WindowConfig.decimate
     class_set: str = WindowConfig.class_set
     resume: bool = False
+    seeds: int = 1  # repeat the training with seeds seed, seed + 1, …: the spread is reported
 
     def to_train_config(self) -> TrainConfig:
         return pipeline.make_train_config(self.model_dump())
@@ -71,7 +72,9 @@ def trained_model(
     mlflow: MlflowTracking,
 ) -> dg.MaterializeResult:
     """A model trained by `ml_core` on one fold: `best.pt`, `last.pt` and `history.json` under
-    `data/models/<fold>/<model>/`, logged to one MLflow run. A retry resumes from `last.pt`."""
+    `data/models/<fold>/<model>/<protocol id>/seed-<seed>/`, one MLflow run per seed. Another
+    protocol (window, stride, rate, class set, loss, epochs) is stored beside, never over.
+    A retry resumes from `last.pt`."""
     fold, model = fold_and_model(context)
     resume = config.resume or context.retry_number > 0
     if resume:
@@ -95,6 +98,7 @@ def trained_model(
         tags=_run_tags(context, fold, model),
         resume=resume,
         on_epoch=log_epoch,
+        seeds=config.seeds,
     )
     history_rows = [
         {k: r.get(k) for k in ("epoch", "train_loss", "val_loss", "val_macro_f1", "val_accuracy")}
@@ -102,6 +106,9 @@ def trained_model(
     ]
     return dg.MaterializeResult(
         metadata={
+            "protocol_id": summary["protocol"]["id"],
+            "protocol": summary["protocol"]["description"],
+            "seeds": str(summary["seeds"]),
             "val_macro_f1": summary["best_val_macro_f1"],
             "val_accuracy": summary["val_accuracy"],
             "majority_baseline_accuracy": summary["majority_baseline_accuracy"],
@@ -160,12 +167,18 @@ def evaluation_bundle(
         context.log.warning(f"{fold}/{model}: {note}")
     return dg.MaterializeResult(
         metadata={
+            "protocol_id": result["protocol"]["id"],
+            "protocol": result["protocol"]["description"],
+            "seeds": str(result["seeds"]),
             "test_macro_f1": summary["macro_f1"],
             "test_accuracy": summary["accuracy"],
             "test_balanced_accuracy": summary["balanced_accuracy"],
             "test_windows": summary["n_test"],
             "ece_before": result["ece_before"],
             "ece_after": result["ece_after"],
+            "nll_before": result["nll_before"],
+            "nll_after": result["nll_after"],
+            "temperature": result["temperature"],
             "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in result["notes"]) or "_none_"),
             "confusion_matrix": dg.MetadataValue.md(markdown_table(result["confusion_rows"])),
             "confusion_plot": dg.MetadataValue.md(
