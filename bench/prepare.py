@@ -1,6 +1,6 @@
 """Benchmark data preparation: raw `.dat` files to shards, fold manifests and feature statistics.
 
-Times the project's own step functions (`ml_core.pipeline`, exactly what the Dagster assets
+Times the project's own step functions (`ml_core.data_pipeline`, exactly what the Dagster assets
 call) against a plain pandas implementation of the same steps, on the synthetic PAMAP2 set.
 Each implementation runs in its own subprocess, so its wall time and peak memory are its own.
 
@@ -83,7 +83,7 @@ def _peak_rss_mb() -> float:
 def run_ours(paths: DataPaths) -> tuple[int, _Timer]:
     """The asset steps in graph order: per subject ingest, validate, impute, shard; then per
     fold the manifests, then per fold the train-only statistics."""
-    from ml_core import pipeline
+    from ml_core import data_pipeline as pipeline
     from ml_core.folds import FOLD_NAMES
 
     timer = _Timer()  # after the imports: a running code location has them loaded

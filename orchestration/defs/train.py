@@ -1,10 +1,12 @@
-"""Train stage: one model per fold x model partition, then its evaluation bundle."""
+"""Train stage: one model per fold x model partition, then its evaluation bundle.
+
+`ml_core.pipeline` (torch, scikit-learn, MLflow) is imported inside the asset bodies, so loading
+the code location and running the data steps does not pay for it.
+"""
 
 import dagster as dg
 
-from ml_core import pipeline
-from ml_core.train import TrainConfig
-from ml_core.windows import WindowConfig
+from ml_core.config import TrainConfig, WindowConfig, make_train_config
 from orchestration.defs.partitions import fold_and_model, fold_model_partitions
 from orchestration.defs.prepare import feature_stats
 from orchestration.defs.resources import DataRoot, MlflowTracking
@@ -36,7 +38,7 @@ class TrainingConfig(dg.Config):
     seeds: int = 1  # repeat the training with seeds seed, seed + 1, …: the spread is reported
 
     def to_train_config(self) -> TrainConfig:
-        return pipeline.make_train_config(self.model_dump())
+        return make_train_config(self.model_dump())
 
 
 def _run_tags(context: dg.AssetExecutionContext, fold: str, model: str) -> dict[str, str]:
@@ -75,6 +77,8 @@ def trained_model(
     `data/models/<fold>/<model>/<protocol id>/seed-<seed>/`, one MLflow run per seed. Another
     protocol (window, stride, rate, class set, loss, epochs) is stored beside, never over.
     A retry resumes from `last.pt`."""
+    from ml_core import pipeline
+
     fold, model = fold_and_model(context)
     resume = config.resume or context.retry_number > 0
     if resume:
@@ -154,6 +158,8 @@ def evaluation_bundle(
     confusion matrix, ROC and PR curves, and a reliability diagram with expected calibration
     error before and after temperature scaling fitted on validation. Logged to the model's
     MLflow run."""
+    from ml_core import pipeline
+
     fold, model = fold_and_model(context)
     result = pipeline.evaluate_fold_model(
         data_root.paths(),

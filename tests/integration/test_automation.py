@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from ml_core import pipeline
+from ml_core.config import make_train_config
 from ml_core.folds import FOLD_NAMES
 from ml_core.io import load_torch
 from ml_core.models import model_names
@@ -71,7 +72,7 @@ def test_failed_training_retries_and_resumes_from_last_checkpoint(
     # A straight run, for reference.
     straight_dir = paths.root / "straight"
     pipeline.train_model(
-        model, paths, fold, pipeline.make_train_config(settings), straight_dir, resume=False
+        model, paths, fold, make_train_config(settings), straight_dir, resume=False
     )
     expected = load_torch(straight_dir / "last.pt")["model_state"]
 
