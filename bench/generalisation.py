@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from sklearn.metrics import f1_score
 
-from ml_core import pipeline
+from ml_core import data_pipeline as pipeline
 from ml_core.columns import SUBJECTS
 from ml_core.folds import SPLITS
 from ml_core.io import write_json

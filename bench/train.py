@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ml_core.augment import Augmenter
 from ml_core.columns import MODEL_CHANNELS, SUBJECTS
+from ml_core.config import PRECISIONS
 from ml_core.folds import FOLD_NAMES, SPLITS, read_manifest
 from ml_core.io import load_torch
 from ml_core.losses import build_loss
@@ -50,7 +51,7 @@ from ml_core.paths import DataPaths
 from ml_core.shards import INDEX_NAME
 from ml_core.stats import load_feature_stats
 from ml_core.synthetic import SCALES, write_dataset
-from ml_core.train import PRECISIONS, TrainConfig, TrainingDivergedError
+from ml_core.train import TrainConfig, TrainingDivergedError
 from ml_core.windows import MODALITY_SLICES, Batch, WindowConfig, WindowData
 
 SEED = 0
@@ -78,13 +79,13 @@ def prepare(root: Path, scale: str, fold: str) -> str:
         )
         return f"reusing fold {fold} prepared in {root} ({kind})"
 
-    from ml_core import pipeline  # heavy (MLflow, sklearn): only when there is work to do
+    from ml_core import data_pipeline as pipeline
 
     started = time.perf_counter()
     if not paths.dataset.is_dir():
         print(f"writing the {scale} synthetic data set to {paths.raw} ...", flush=True)
         write_dataset(paths.raw, scale=scale, seed=SEED)
-    print(f"preparing fold {fold} with ml_core.pipeline ...", flush=True)
+    print(f"preparing fold {fold} with ml_core.data_pipeline ...", flush=True)
     for subject in SUBJECTS:
         if (paths.tensor_shard_dir(subject) / INDEX_NAME).is_file():
             continue  # sharded by an earlier run or the assets

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -49,6 +48,7 @@ from ml_core.columns import (
     MIRRORED_IMUS,
     MODALITIES,
 )
+from ml_core.config import AugmentConfig
 from ml_core.windows import MODALITY_SLICES, normaliser
 
 VECTOR_FIELDS = ("acc16", "gyro", "mag")  # per IMU, rotated together
@@ -60,41 +60,6 @@ _MIRROR_SIGNS = {
     "gyro": [1.0 if a == _LATERAL_AXIS else -1.0 for a in range(3)],
     "mag": [-1.0 if a == _LATERAL_AXIS else 1.0 for a in range(3)],
 }
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Training-time augmentation; `enabled=False` (or every strength 0) leaves batches as is.
-
-    On by default for training: the gap between within-subject and leave-one-subject-out
-    scores is the problem it addresses, and every strength is set to the spread between
-    people of the real data (a few tens of degrees of sensor placement, +-20 % effort and
-    pace), not beyond it. Evaluation never augments.
-    """
-
-    enabled: bool = True
-    rotation_deg: float = 10.0  # std of each rotation-vector component, per IMU and window
-    scale_std: float = 0.2  # std of the log of the movement amplitude factor, per IMU
-    time_warp: float = 0.2  # largest |a| of the warp (local speed 1 +- a)
-    jitter_std: float = 0.05  # additive noise, normalised units
-    mag_offset_ut: float = 10.0  # std of the per-window offset of each magnetometer axis, uT
-    temperature_offset_c: float = 1.0  # std of the per-window skin temperature offset, degC
-    heart_rate_offset_bpm: float = 8.0  # std of the per-window heart rate offset, bpm
-    mirror_left_handed: bool = True  # reflect subject 108's wrist and ankle IMUs
-    mirror_prob: float = 0.5  # reflect any window's wrist and ankle IMUs with this probability
-
-    def __post_init__(self) -> None:
-        offsets = ("mag_offset_ut", "temperature_offset_c", "heart_rate_offset_bpm")
-        for name in ("rotation_deg", "scale_std", "jitter_std", *offsets):
-            if getattr(self, name) < 0:
-                raise ValueError(f"AugmentConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.time_warp < 1:
-            raise ValueError(f"AugmentConfig.time_warp must be in [0, 1), got {self.time_warp}")
-        if not 0 <= self.mirror_prob <= 1:
-            raise ValueError(f"AugmentConfig.mirror_prob must be in [0, 1], got {self.mirror_prob}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def rotation_matrices(rotvec: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +32,19 @@ from sklearn.metrics import f1_score
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ml_core.augment import AugmentConfig, Augmenter
+from ml_core.augment import Augmenter
+from ml_core.config import TrainConfig
 from ml_core.io import load_torch, save_torch, write_json
 from ml_core.losses import build_loss
 from ml_core.models import create_model, get_spec
 from ml_core.paths import DataPaths
+from ml_core.protocol import EvaluationProtocol
 from ml_core.stats import load_feature_stats
-from ml_core.windows import Batch, WindowConfig, WindowData
+from ml_core.windows import Batch, WindowData
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-LOSSES = ("weighted_ce", "focal")
-PRECISIONS = ("fp32", "bf16")
 # Settings that may differ between a run and its resumption: they do not change the result
 # (max_steps only says where a run pauses; the schedule is always sized for all epochs).
 _RESUME_FREE = ("max_steps", "device")
@@ -56,69 +56,6 @@ class TrainingDivergedError(RuntimeError):
 
 class DeviceMismatchError(RuntimeError):
     """An exact (deterministic) resume was asked for on another device than the checkpoint's."""
-
-
-@dataclass
-class TrainConfig:
-    """Hyperparameters of one training run; `window` may be given as a dict of its fields.
-
-    max_steps caps the optimizer steps of this call (smoke runs); the learning-rate schedule
-    still spans `epochs`, so a capped run can later be resumed to the same result.
-    patience: epochs without a better validation macro F1 before stopping (None: never).
-    balanced_sampling draws windows with probability 1 / class count; it combines with the
-    class-weighted losses, so use it with care (both correct the same imbalance).
-    augment (an AugmentConfig, or a dict of its fields): training-batch augmentation, on by
-    default (see ml_core.augment); evaluation never augments.
-    precision "bf16" runs forward passes under bfloat16 autocast (CUDA, and CPUs with bf16).
-    compile wraps the model in torch.compile (the first steps pay for the compilation).
-    deterministic asks for an exact run: deterministic kernels, and a resume on another device
-    than the checkpoint's is refused (otherwise it proceeds with a warning).
-    """
-
-    epochs: int = 6
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 1e-2
-    warmup_steps: int = 20
-    max_steps: int | None = None
-    grad_clip: float | None = 1.0
-    loss: str = "weighted_ce"
-    focal_gamma: float = 2.0
-    balanced_sampling: bool = False
-    patience: int | None = 3
-    seed: int = 0
-    device: str = "auto"
-    eval_batch_size: int = 256
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    window: WindowConfig = field(default_factory=WindowConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    precision: str = "fp32"
-    compile: bool = False
-    deterministic: bool = False
-
-    def __post_init__(self) -> None:
-        if isinstance(self.window, dict):
-            self.window = WindowConfig(**self.window)
-        if isinstance(self.augment, dict):
-            self.augment = AugmentConfig(**self.augment)
-        if self.loss not in LOSSES:
-            raise ValueError(f"TrainConfig.loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(
-                f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}"
-            )
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "patience"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"TrainConfig.{name} must be None or >= 1, got {value}")
-        if self.warmup_steps < 0 or self.lr <= 0:
-            raise ValueError("TrainConfig needs warmup_steps >= 0 and lr > 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -289,6 +226,8 @@ class _Run:
             {
                 "model_name": self.model_name,
                 "fold": self.fold,
+                "protocol": EvaluationProtocol.of(self.config).to_dict(),
+                "seed": self.config.seed,
                 "best_metric": ckpt["best_metric"],
                 "best_epoch": ckpt["best_epoch"],
                 "stopped_early": ckpt["stopped_early"],

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from ml_core.augment import AugmentConfig, Augmenter, rotation_matrices
+from ml_core.augment import Augmenter, rotation_matrices
 from ml_core.columns import AXES, MODALITIES, MODEL_CHANNELS
+from ml_core.config import AugmentConfig
 from ml_core.io import load_torch
 from ml_core.paths import DataPaths
 from ml_core.train import TrainConfig, train_model
