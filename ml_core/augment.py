@@ -94,17 +94,12 @@ class Augmenter:
         mean, std = normaliser(stats, "feature stats")
         self.mean = {m: mean[s].to(self.device) for m, s in MODALITY_SLICES.items()}
         self.std = {m: std[s].to(self.device) for m, s in MODALITY_SLICES.items()}
-        # Per IMU modality: indices of its vector fields' channels, [3 fields, 3 axes].
-        self.vectors = {
-            f"imu_{imu}": torch.tensor(
-                [
-                    [MODALITIES[f"imu_{imu}"].index(f"{imu}_{f}_{a}") for a in AXES]
-                    for f in VECTOR_FIELDS
-                ],
-                device=self.device,
-            )
-            for imu in IMUS
-        }
+        # An IMU's vector fields are its first nine channels, field by field: sliced, not
+        # gathered (this runs on every training batch).
+        self.imus = [f"imu_{imu}" for imu in IMUS]
+        for imu in IMUS:
+            expected = [f"{imu}_{f}_{a}" for f in VECTOR_FIELDS for a in AXES]
+            assert MODALITIES[f"imu_{imu}"][:9] == expected, f"unexpected layout of imu_{imu}"
         signs = torch.tensor([_MIRROR_SIGNS[f] for f in VECTOR_FIELDS], device=self.device)
         self.mirror_signs = signs  # [3 fields, 3 axes]
         self.mirrored = {f"imu_{imu}" for imu in MIRRORED_IMUS}
@@ -164,10 +159,9 @@ class Augmenter:
         if c.mirror_prob > 0:
             flip = flip ^ (self._uniform(b) < c.mirror_prob)
         out = dict(x)
-        for m, fields in self.vectors.items():
+        for m in self.imus:
             if m in x:
-                mirror = flip if m in self.mirrored else None
-                out[m] = self._imu(m, x[m], present[m], fields, mirror)
+                out[m] = self._imu(m, x[m], present[m], flip if m in self.mirrored else None)
         present = dict(present)
         if c.time_warp > 0:
             out, present = self._warp(out, present)
@@ -182,15 +176,12 @@ class Augmenter:
             out[m] = out[m] * present[m].unsqueeze(-1).to(out[m].dtype)
         return out, present
 
-    def _imu(
-        self, m: str, x: Tensor, present: Tensor, fields: Tensor, flip: Tensor | None
-    ) -> Tensor:
+    def _imu(self, m: str, x: Tensor, present: Tensor, flip: Tensor | None) -> Tensor:
         """Mirror, rotate and scale one IMU's vector fields in physical units."""
         c = self.config
         b, t, _ = x.shape
-        index = fields.flatten()
-        mean, std = self.mean[m][index], self.std[m][index]
-        v = (x[:, :, index] * std + mean).reshape(b, t, 3, 3)  # [B, T, field, axis]
+        mean, std = self.mean[m][:9], self.std[m][:9]
+        v = (x[:, :, :9] * std + mean).reshape(b, t, 3, 3)  # [B, T, field, axis]
         # One matrix per window and field: the rotation after the (optional) reflection.
         mats = rotation_matrices(self._normal(b, 3) * math.radians(c.rotation_deg))
         mats = mats.unsqueeze(1).expand(b, 3, 3, 3)  # [B, field, 3, 3]
@@ -205,9 +196,7 @@ class Augmenter:
             gravity = (acc * weight).sum(1, keepdim=True) / weight.sum(1, keepdim=True).clamp(1)
             acc = gravity + scale * (acc - gravity)
             v = torch.stack([acc, scale * v[:, :, 1], v[:, :, 2]], dim=2)
-        out = x.clone()
-        out[:, :, index] = (v.reshape(b, t, 9) - mean) / std
-        return out
+        return torch.cat([(v.reshape(b, t, 9) - mean) / std, x[:, :, 9:]], dim=-1)
 
     def _warp(
         self, x: dict[str, Tensor], present: dict[str, Tensor]
