@@ -81,7 +81,7 @@ def _check_shard(shard: Mapping[str, Any], r: ShardRange, file: Path, source: st
             )
 
 
-def _normaliser(stats: Mapping[str, Any], source: str) -> tuple[Tensor, Tensor]:
+def normaliser(stats: Mapping[str, Any], source: str) -> tuple[Tensor, Tensor]:
     """Per-channel mean and std in MODEL_CHANNELS order; only the identity transform exists."""
     per_feature = stats["per_feature"]
     means, stds = [], []
@@ -150,7 +150,7 @@ class WindowData:
         from its own first row, and windows are cut inside one piece, never across a gap."""
         config = config or WindowConfig()
         class_index = {a: i for i, a in enumerate(config.class_ids)}
-        mean, std = _normaliser(stats, source)
+        mean, std = normaliser(stats, source)
         d = config.decimate
         selected = [r for r in ranges if r.activity in class_index]
         # Mapped, not read: the first pass needs only the segments and the row counts.
