@@ -6,8 +6,8 @@ LOSO fold with the default `TrainConfig`, and concatenates the nine folds' test 
 pooled macro F1 is scikit-learn's `f1_score(average="macro")` over every class present in the
 pooled test labels. The per-fold macro F1 (over each fold's test classes) is printed beside it.
 
-    uv run python bench/feature_gbm_loso.py                     # demo scale, seed 0
-    uv run python bench/feature_gbm_loso.py --out DIR --keep    # keep DIR; a rerun reuses its .dat files
+    uv run python bench/feature_gbm_loso.py             # demo scale, seed 0, temporary folder
+    uv run python bench/feature_gbm_loso.py --out DIR   # keep DIR; a rerun reuses its .dat files
 
 The protocol is whatever this checkout's `ml_core.folds` builds for `loso-<id>` (its validation
 split decides nothing here: the baseline fits once, without early stopping).
@@ -93,8 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=SCALES, default="demo")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, help="data root (default: a temporary folder)")
-    parser.add_argument("--keep", action="store_true", help="keep the data root afterwards")
+    parser.add_argument("--out", type=Path, help="data root, kept (default: a temporary folder)")
     args = parser.parse_args()
 
     root = args.out or Path(tempfile.mkdtemp(prefix="bench_feature_gbm_"))
@@ -116,7 +115,7 @@ def main() -> None:
         }
         print(json.dumps(report, indent=2))
     finally:
-        if not (args.keep or args.out):
+        if args.out is None:
             shutil.rmtree(root, ignore_errors=True)
 
 

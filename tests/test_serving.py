@@ -63,7 +63,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[DataPaths, Path]:
     index = {s: sorted(paths.tensor_shard_dir(s).glob("activity_*.pt")) for s in (*TRAIN, TEST)}
     lines = {
         split: "".join(
-            f"{p.relative_to(paths.root).as_posix()},0,{load_torch(p, mmap=True)['data'].shape[0]}\n"
+            f"{p.relative_to(paths.root).as_posix()},0,{_rows(p)}\n"
             for s in subjects
             for p in index[s]
         )
@@ -79,6 +79,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[DataPaths, Path]:
     config.model_overrides = overrides
     result = train_model("temporal_cnn", paths, FOLD, config, paths.root / "model")
     return paths, result.best_path
+
+
+def _rows(shard: Path) -> int:
+    return int(load_torch(shard, mmap=True)["data"].shape[0])
 
 
 def _raw_test_windows(paths: DataPaths) -> tuple[torch.Tensor, np.ndarray]:

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.special import expit
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.utils.extmath import softmax
@@ -185,7 +186,8 @@ def motion_statistics(x: Tensor, present: Tensor, rate_hz: float) -> Tensor:
     total = power.sum(1)
     share = power / total[:, None].clamp(min=1e-30)
     band = torch.bucketize(hz, torch.tensor(BANDS_HZ, dtype=x.dtype, device=x.device))
-    bands = [share[:, band == b].sum(1) for b in range(len(BANDS_HZ) + 1)]
+    members = F.one_hot(band, len(BANDS_HZ) + 1).to(x.dtype)  # [F, bands]
+    bands = torch.einsum("nfk,fb->nkb", share, members).unbind(-1)
     entropy = -(share * share.clamp(min=1e-30).log()).sum(1) / max(np.log(power.shape[1]), 1e-12)
     dominant = hz[power.argmax(dim=1)]
     stats = torch.stack([crossing_rate, jerk, *bands, entropy, dominant], dim=-1)
@@ -407,6 +409,17 @@ class FeatureGBMModule(nn.Module):
     the probabilities of `FeatureGBM.predict_proba`; it exports with torch.export.
     """
 
+    feature: Tensor
+    threshold: Tensor
+    missing_left: Tensor
+    left: Tensor
+    right: Tensor
+    is_leaf: Tensor
+    value: Tensor
+    roots: Tensor
+    baseline: Tensor
+    to_classes: Tensor
+
     def __init__(self, gbm: FeatureGBM) -> None:
         super().__init__()
         if gbm.trees is None:
@@ -452,7 +465,7 @@ class FeatureGBMModule(nn.Module):
             )
             child = torch.where(go_left, self.left[node], self.right[node])
             node = torch.where(self.is_leaf[node], node, child)
-        n_out = self.baseline.shape[0]
+        n_out = int(self.baseline.shape[0])
         leaves = self.value[node].view(features.shape[0], -1, n_out)
         raw = self.baseline + leaves.sum(dim=1)
         if n_out == 1:  # binary: sigmoid link
