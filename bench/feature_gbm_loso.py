@@ -25,13 +25,14 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import f1_score
 
-from ml_core import pipeline
+from ml_core import data_pipeline
 from ml_core.columns import SUBJECTS
+from ml_core.config import TrainConfig
 from ml_core.folds import FOLD_NAMES
 from ml_core.paths import DataPaths
 from ml_core.stats import load_feature_stats
 from ml_core.synthetic import SCALES, write_dataset
-from ml_core.train import TrainConfig, load_trained_model, predict_proba, train_model
+from ml_core.train import load_trained_model, predict_proba, train_model
 from ml_core.windows import WindowData
 
 LOSO_FOLDS = [f for f in FOLD_NAMES if f.startswith("loso-")]
@@ -42,17 +43,17 @@ def prepare(paths: DataPaths, scale: str, seed: int) -> None:
     if not paths.synthetic_marker.exists():
         write_dataset(paths.raw, scale=scale, seed=seed)
     for subject in SUBJECTS:
-        pipeline.ingest_subject(paths, subject)
-        result, _ = pipeline.validate_subject(paths, subject)
+        data_pipeline.ingest_subject(paths, subject)
+        result, _ = data_pipeline.validate_subject(paths, subject)
         if not result.passed:
             raise SystemExit(f"subject {subject}: {result.n_failures} schema failures")
-        pipeline.impute_subject(paths, subject)
-        passed, message, _ = pipeline.shard_subject(paths, subject)
+        data_pipeline.impute_subject(paths, subject)
+        passed, message, _ = data_pipeline.shard_subject(paths, subject)
         if not passed:
             raise SystemExit(f"subject {subject}: {message}")
     for fold in LOSO_FOLDS:
-        pipeline.build_fold_manifests(paths, fold)
-        pipeline.fold_feature_stats(paths, fold)
+        data_pipeline.build_fold_manifests(paths, fold)
+        data_pipeline.fold_feature_stats(paths, fold)
 
 
 def evaluate(paths: DataPaths, config: TrainConfig) -> dict:

@@ -22,8 +22,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import torch
-from torch import Tensor
 
 from ml_core.columns import (
     ACTIVITY,
@@ -106,13 +104,6 @@ def contiguous_segments(timestamps: np.ndarray) -> np.ndarray:
     return np.stack([bounds[:-1], bounds[1:]], axis=1)
 
 
-def shard_segments(shard: dict[str, Any]) -> Tensor:
-    """A loaded tensor shard's segments [S, 2]; a format-1 shard is one segment."""
-    if "segments" in shard:
-        return shard["segments"]
-    return torch.tensor([[0, shard["data"].shape[0]]], dtype=torch.long)
-
-
 def _check_input(frame: pl.DataFrame, subject: int) -> None:
     missing = [c for c in TABLE_COLUMNS if c not in frame.columns]
     if missing:
@@ -131,6 +122,8 @@ def write_activity_shards(
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> ShardReport:
     """Write one subject's parquet and tensor shards and index; then remove its stale shards."""
+    import torch  # here: reading a shard index (folds) must not load torch
+
     _check_input(frame, subject)
     root = paths.root
     shard_dir, tensor_dir = paths.shard_dir(subject), paths.tensor_shard_dir(subject)

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 import torch
 
-from ml_core import pipeline
+from ml_core import data_pipeline, pipeline
 from ml_core.columns import HEART_RATE, MODEL_CHANNELS, SESSION, SUBJECT, TIMESTAMP
 from ml_core.folds import read_manifest
 from ml_core.impute import impute_recording
@@ -56,10 +56,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[DataPaths, Path]:
     paths = DataPaths(tmp_path_factory.mktemp("serving"))
     write_dataset(paths.raw, scale="tiny", seed=0, subjects=[*TRAIN, TEST])
     for subject in (*TRAIN, TEST):
-        pipeline.ingest_subject(paths, subject)
-        assert pipeline.validate_subject(paths, subject)[0].passed
-        pipeline.impute_subject(paths, subject)
-        assert pipeline.shard_subject(paths, subject)[0]
+        data_pipeline.ingest_subject(paths, subject)
+        assert data_pipeline.validate_subject(paths, subject)[0].passed
+        data_pipeline.impute_subject(paths, subject)
+        assert data_pipeline.shard_subject(paths, subject)[0]
     index = {s: sorted(paths.tensor_shard_dir(s).glob("activity_*.pt")) for s in (*TRAIN, TEST)}
     lines = {
         split: "".join(
