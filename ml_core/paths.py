@@ -74,6 +74,16 @@ class DataPaths:
     def evaluation_dir(self, fold: str, model: str, protocol_id: str, seed: int) -> Path:
         return self.root / "evaluation" / fold / model / protocol_id / f"seed-{seed}"
 
+    # --- serving --------------------------------------------------------------------------
+    @property
+    def inbox(self) -> Path:
+        """New `.dat` recordings to run the champion over (one `inbox_timeline` partition each)."""
+        return self.root / "inbox"
+
+    def timeline_dir(self, recording: str) -> Path:
+        """`recording` is `subject_<id>` or `inbox_<file stem>`."""
+        return self.root / "timelines" / recording
+
     # --- reports ------------------------------------------------------------------------
     @property
     def reports(self) -> Path:

@@ -28,8 +28,16 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from scipy.ndimage import median_filter
 
-from ml_core.columns import ACTIVITY, ACTIVITY_NAMES, MODEL_CHANNELS, SESSION, TIMESTAMP
+from ml_core.columns import (
+    ACTIVITY,
+    ACTIVITY_NAMES,
+    CLASS_SETS,
+    MODEL_CHANNELS,
+    SESSION,
+    TIMESTAMP,
+)
 from ml_core.io import atomic_path, write_parquet
+from ml_core.protocol import EvaluationProtocol
 
 Smoothing = Literal["hmm", "median", "none"]
 # Consecutive rows further apart than this are a gap (PAMAP2 samples every 0.01 s).
@@ -249,3 +257,100 @@ def plot_timeline(timeline: Timeline, title: str, target: Path) -> Path:
 
 def write_timeline(timeline: Timeline, target: Path) -> Path:
     return write_parquet(timeline.frame, target, compression="zstd")
+
+
+# --- the registered champion over a recording --------------------------------------------------
+
+CHAMPION_MODEL_NAME = "pamap2-activity"
+CHAMPION_ALIAS = "champion"
+
+
+@dataclass
+class ServingModel:
+    """A registered model version, the protocol it was trained under, and its predict."""
+
+    name: str
+    version: str
+    run_id: str
+    protocol: EvaluationProtocol
+    predict: Callable[[np.ndarray], np.ndarray]
+
+    @property
+    def class_ids(self) -> list[int]:
+        return list(CLASS_SETS[self.protocol.class_set])
+
+
+def load_registered_model(
+    tracking_uri: str, name: str = CHAMPION_MODEL_NAME, alias: str = CHAMPION_ALIAS
+) -> ServingModel:
+    """The model version `name@alias` from the MLflow Model Registry, as a raw-window
+    predictor; its protocol comes from the params of the run that logged it."""
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        raise LookupError(
+            f"no model version {name}@{alias} in the registry at {tracking_uri}: "
+            "materialize champion_model first"
+        ) from exc
+    params = client.get_run(str(version.run_id)).data.params
+    protocol = EvaluationProtocol.from_dict(
+        {k: int(params[f"protocol_{k}"]) for k in ("window", "stride", "decimate", "epochs")}
+        | {k: params[f"protocol_{k}"] for k in ("class_set", "loss", "id")}
+    )
+    mlflow.set_tracking_uri(tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+
+    def predict(windows: np.ndarray) -> np.ndarray:
+        return np.asarray(model.predict(windows.astype(np.float32)), dtype=np.float64)
+
+    return ServingModel(name, str(version.version), str(version.run_id), protocol, predict)
+
+
+def run_timeline(
+    recording: pl.DataFrame,
+    model: ServingModel,
+    out_dir: Path,
+    title: str,
+    method: Smoothing = "hmm",
+) -> dict[str, object]:
+    """Predict, smooth and score `recording`, then write `timeline.parquet` and `timeline.png`
+    into `out_dir`. Everything is computed before anything is written, and each file is
+    written atomically, so a failure leaves the previous timeline in place."""
+    p = model.protocol
+    # The serving model takes raw 100 Hz rows and decimates itself.
+    timeline = build_timeline(
+        recording,
+        model.predict,
+        model.class_ids,
+        p.window * p.decimate,
+        p.stride * p.decimate,
+        method,
+    )
+    parquet = write_timeline(timeline, Path(out_dir) / "timeline.parquet")
+    plot = plot_timeline(
+        timeline,
+        f"{title} · {model.name} v{model.version} · {method}",
+        Path(out_dir) / "timeline.png",
+    )
+    change = (
+        None
+        if timeline.macro_f1_raw is None or timeline.macro_f1_smoothed is None
+        else timeline.macro_f1_smoothed - timeline.macro_f1_raw
+    )
+    return {
+        "windows": len(timeline.frame),
+        "labelled_windows": timeline.labelled_windows,
+        "macro_f1_raw": timeline.macro_f1_raw,
+        "macro_f1_smoothed": timeline.macro_f1_smoothed,
+        "smoothing_change": change,
+        "smoothing": method,
+        "model": f"{model.name} v{model.version} (run {model.run_id})",
+        "protocol": p.describe(),
+        "parquet": str(parquet),
+        "plot": str(plot),
+    }
