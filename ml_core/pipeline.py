@@ -31,7 +31,7 @@ from ml_core.schema import ValidationResult, drop_transient, nan_rates, validate
 from ml_core.serving import SensorWindowClassifier
 from ml_core.shards import check_shard_rows, write_activity_shards
 from ml_core.stats import compute_feature_stats, load_feature_stats, write_feature_stats
-from ml_core.tracking import MlflowTracker
+from ml_core.tracking import MlflowTracker, fold_datasets
 from ml_core.train import TrainConfig, TrainResult, load_trained_model, predict_proba, train_model
 from ml_core.windows import WindowConfig, WindowData
 
@@ -189,6 +189,7 @@ def train_fold_model(
         write_json({"run_id": active_id, "tracking_uri": tracker.tracking_uri}, previous)
         if run_id is None:
             tracker.log_params({"model": model_name, "fold": fold, **config.to_dict()})
+            tracker.log_datasets(fold_datasets(paths, fold))
 
         def log_epoch(record: dict[str, Any]) -> None:
             tracker.log_metrics(
