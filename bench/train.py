@@ -72,13 +72,13 @@ def prepare(root: Path, scale: str, fold: str) -> str:
         )
         return f"reusing fold {fold} prepared in {root} ({kind})"
 
-    from ml_core import pipeline  # heavy (MLflow, sklearn): only when there is work to do
+    from ml_core import data_pipeline as pipeline
 
     started = time.perf_counter()
     if not paths.dataset.is_dir():
         print(f"writing the {scale} synthetic data set to {paths.raw} ...", flush=True)
         write_dataset(paths.raw, scale=scale, seed=SEED)
-    print(f"preparing fold {fold} with ml_core.pipeline ...", flush=True)
+    print(f"preparing fold {fold} with ml_core.data_pipeline ...", flush=True)
     for subject in SUBJECTS:
         if (paths.tensor_shard_dir(subject) / INDEX_NAME).is_file():
             continue  # sharded by an earlier run or the assets

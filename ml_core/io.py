@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
-import torch
 
 # The tables and shards are working files that the next step reads back: lz4 takes about a
 # third less CPU than zstd to write and a quarter as much to read, for files ~15 % larger.
@@ -70,6 +69,8 @@ def write_parquet(
 
 
 def save_torch(obj: Any, target: str | Path) -> Path:
+    import torch  # here, not at the top: steps that only write tables never load torch
+
     with atomic_path(target) as tmp:
         torch.save(obj, tmp)
     return Path(target)
@@ -78,4 +79,6 @@ def save_torch(obj: Any, target: str | Path) -> Path:
 def load_torch(path: str | Path, mmap: bool = False) -> Any:
     """Load a tensor file or checkpoint without unpickling arbitrary objects; `mmap` maps the
     tensors' storage from the file instead of reading it (for a look at shapes)."""
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)

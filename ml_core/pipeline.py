@@ -1,4 +1,6 @@
-"""One function per pipeline stage: read inputs, call the step, write outputs, return a report.
+"""The train, evaluate and report stages, one function each: read inputs, call the step,
+write outputs, return a report. The data stages (ingest, prepare) are in `ml_core.data_pipeline`,
+which imports none of torch, scikit-learn and MLflow that these need.
 
 The Dagster assets are thin wrappers over these; a notebook or script can call them directly.
 Every report is a plain dict of small values (rows, paths, timings) fit for asset metadata.
@@ -10,7 +12,7 @@ import base64
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,141 +21,19 @@ import polars as pl
 import torch
 
 from ml_core import folds as fold_lib
-from ml_core.columns import ACTIVITY, ACTIVITY_NAMES, HEART_RATE, MODEL_CHANNELS, SESSION
-from ml_core.evaluate import check_bundle_complete, write_evaluation_bundle
-from ml_core.impute import impute_recording
-from ml_core.ingest import read_subject
-from ml_core.io import write_json, write_parquet
-from ml_core.leaderboard import build_leaderboard, write_leaderboard
+from ml_core.columns import ACTIVITY_NAMES, MODEL_CHANNELS
+from ml_core.config import TrainConfig
+from ml_core.evaluate import check_bundle_complete, read_predictions, write_evaluation_bundle
+from ml_core.io import write_json
+from ml_core.leaderboard import Result, build_leaderboard, write_leaderboard
 from ml_core.models import get_spec
 from ml_core.paths import DataPaths
-from ml_core.schema import ValidationResult, drop_transient, nan_rates, validate_recording
+from ml_core.protocol import EvaluationProtocol, read_latest_training, write_latest_training
 from ml_core.serving import SensorWindowClassifier
-from ml_core.shards import check_shard_rows, write_activity_shards
-from ml_core.stats import compute_feature_stats, load_feature_stats, write_feature_stats
+from ml_core.stats import load_feature_stats
 from ml_core.tracking import MlflowTracker, fold_datasets
-from ml_core.train import TrainConfig, TrainResult, load_trained_model, predict_proba, train_model
-from ml_core.windows import WindowConfig, WindowData
-
-
-def _file_mb(path: Path) -> float:
-    return round(path.stat().st_size / 1e6, 3)
-
-
-def ingest_subject(paths: DataPaths, subject: int) -> dict[str, Any]:
-    """Parse a subject's Protocol (+ Optional) files into the 56-field table."""
-    started = time.perf_counter()
-    frame = read_subject(paths, subject)
-    target = write_parquet(frame, paths.table("raw_recording", subject))
-    sessions = frame.group_by(SESSION).len().sort(SESSION)
-    return {
-        "rows": frame.height,
-        "rows_by_session": dict(zip(sessions[SESSION], sessions["len"], strict=True)),
-        "path": str(target),
-        "size_mb": _file_mb(target),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-
-
-def validate_subject(paths: DataPaths, subject: int) -> tuple[ValidationResult, dict[str, Any]]:
-    """Validate the raw table; only a valid table (minus activity 0) replaces the old output."""
-    started = time.perf_counter()
-    frame = pl.read_parquet(paths.table("raw_recording", subject))
-    result = validate_recording(frame)
-    report: dict[str, Any] = {"rows_in": frame.height, "schema_failures": result.n_failures}
-    if not result.passed:
-        report["written"] = False
-        return result, report
-    kept = drop_transient(frame)
-    target = write_parquet(kept, paths.table("validated_recording", subject))
-    present = kept.group_by(ACTIVITY).len().sort(ACTIVITY)
-    report |= {
-        "written": True,
-        "rows_kept": kept.height,
-        "rows_dropped_activity_0": frame.height - kept.height,
-        "activities": {
-            ACTIVITY_NAMES[int(a)]: int(n)
-            for a, n in zip(present[ACTIVITY], present["len"], strict=True)
-        },
-        "nan_rates": nan_rates(frame),
-        "path": str(target),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    return result, report
-
-
-def impute_subject(paths: DataPaths, subject: int) -> dict[str, Any]:
-    """Fill heart rate and short IMU packet gaps."""
-    started = time.perf_counter()
-    frame = pl.read_parquet(paths.table("validated_recording", subject))
-    imputed, imputation = impute_recording(frame)
-    target = write_parquet(imputed, paths.table("imputed_recording", subject))
-    return {
-        "rows": imputed.height,
-        **asdict(imputation),
-        "heart_rate_nan_after": imputed[HEART_RATE].is_nan().sum() / max(imputed.height, 1),
-        "path": str(target),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-
-
-def shard_subject(paths: DataPaths, subject: int) -> tuple[bool, str, dict[str, Any]]:
-    """Write per-activity parquet and tensor shards; check that no row was lost or duplicated."""
-    started = time.perf_counter()
-    frame = pl.read_parquet(paths.table("imputed_recording", subject))
-    report = write_activity_shards(frame, paths, subject)
-    passed, message = check_shard_rows(frame, report)
-    summary = {
-        "rows": frame.height,
-        "shards": report.shards,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    return passed, message, summary
-
-
-def build_fold_manifests(paths: DataPaths, fold: str, window: int = 256) -> dict[str, Any]:
-    """Write a fold's train/val/test manifests from the shard indexes, then check them."""
-    started = time.perf_counter()
-    shards = fold_lib.load_shard_index(paths)
-    if not shards:
-        raise FileNotFoundError(
-            f"no activity shards under {paths.root}: materialize activity_shards first"
-        )
-    ranges = fold_lib.build_fold(fold, shards, window=window)
-    report = fold_lib.write_manifests(paths, fold, ranges, window=window, shards=shards)
-    checks = {"no_overlap": fold_lib.check_no_overlap(ranges)}
-    if fold == "stratified":
-        checks["coverage_70_15_15"] = fold_lib.check_stratified_coverage(ranges, window=window)
-    else:
-        checks["subject_disjoint"] = fold_lib.check_subject_disjoint(ranges)
-    return {
-        "report": report,
-        "checks": checks,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-
-
-def fold_feature_stats(paths: DataPaths, fold: str) -> dict[str, Any]:
-    """Per-channel statistics from the fold's train rows only."""
-    started = time.perf_counter()
-    train_ranges = fold_lib.read_manifest(paths.manifest(fold, "train"))
-    stats = compute_feature_stats(paths, train_ranges)
-    target = paths.feature_stats(fold)
-    write_feature_stats(stats, target)
-    return {"stats": stats, "path": str(target), "seconds": round(time.perf_counter() - started, 3)}
-
-
-# --- train, evaluate, report -------------------------------------------------------------------
-
-
-def make_train_config(values: dict[str, Any]) -> TrainConfig:
-    """A TrainConfig from flat settings (window fields beside the training ones)."""
-    values = dict(values)
-    window = {
-        k: values.pop(k) for k in ("window", "stride", "decimate", "class_set") if k in values
-    }
-    values.pop("resume", None)
-    return TrainConfig(**values, window=WindowConfig(**window))
+from ml_core.train import TrainResult, load_trained_model, predict_proba, train_model
+from ml_core.windows import WindowData
 
 
 def _run_record(model_dir: Path) -> Path:
@@ -169,26 +49,80 @@ def train_fold_model(
     tags: dict[str, str] | None = None,
     resume: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    seeds: int = 1,
 ) -> dict[str, Any]:
-    """Train one model on one fold, logging params, per-epoch metrics and artifacts to MLflow.
+    """Train one model on one fold with `seeds` seeds (config.seed, config.seed + 1, …).
 
+    Each seed trains into `models/<fold>/<model>/<protocol id>/seed-<seed>/` and logs to its
+    own MLflow run, so a run under another protocol is stored beside earlier ones, never over
+    them. `latest.json` beside the protocol folders tells the evaluation what was trained.
     A resumed training reopens the MLflow run it started, so a retried step keeps one run.
     """
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
     started = time.perf_counter()
-    model_dir = paths.model_dir(fold, model_name)
+    protocol = EvaluationProtocol.of(config)
+    seed_list = [config.seed + i for i in range(seeds)]
+    per_seed = [
+        _train_one_seed(
+            paths,
+            fold,
+            model_name,
+            replace(config, seed=seed),
+            protocol,
+            tracker,
+            tags,
+            resume,
+            on_epoch,
+        )
+        for seed in seed_list
+    ]
+    write_latest_training(paths.model_root(fold, model_name), protocol, seed_list)
+    first = per_seed[0]
+    return {
+        **first,
+        "best_val_macro_f1": float(np.mean([s["best_val_macro_f1"] for s in per_seed])),
+        "protocol": protocol.to_dict(),
+        "seeds": seed_list,
+        "per_seed": per_seed,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _train_one_seed(
+    paths: DataPaths,
+    fold: str,
+    model_name: str,
+    config: TrainConfig,
+    protocol: EvaluationProtocol,
+    tracker: MlflowTracker | None,
+    tags: dict[str, str] | None,
+    resume: bool,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    model_dir = paths.model_dir(fold, model_name, protocol.id, config.seed)
     if tracker is None:
         result = train_model(model_name, paths, fold, config, model_dir, on_epoch, resume)
-        return _train_summary(result, started, run_id=None, url=None)
+        return {**_train_summary(result, started, run_id=None, url=None), "seed": config.seed}
 
     previous = _run_record(model_dir)
     run_id = None
     if resume and previous.exists():
         candidate = json.loads(previous.read_text())["run_id"]
         run_id = candidate if tracker.run_exists(candidate) else None
-    with tracker.run(f"{fold}/{model_name}", tags or {}, run_id=run_id) as active_id:
-        write_json({"run_id": active_id, "tracking_uri": tracker.tracking_uri}, previous)
+    run_tags = {**(tags or {}), "protocol_id": protocol.id, "seed": str(config.seed)}
+    with tracker.run(_run_name(fold, model_name, protocol, config.seed), run_tags, run_id) as rid:
+        write_json({"run_id": rid, "tracking_uri": tracker.tracking_uri}, previous)
         if run_id is None:
-            tracker.log_params({"model": model_name, "fold": fold, **config.to_dict()})
+            tracker.log_params(
+                {
+                    "model": model_name,
+                    "fold": fold,
+                    **config.to_dict(),
+                    **{f"protocol_{k}": v for k, v in protocol.to_dict().items()},
+                }
+            )
             tracker.log_datasets(fold_datasets(paths, fold))
 
         def log_epoch(record: dict[str, Any]) -> None:
@@ -212,7 +146,11 @@ def train_fold_model(
             _log_torch_model(
                 result.best_path, load_feature_stats(paths.feature_stats(fold)), config
             )
-        return _train_summary(result, started, active_id, tracker.run_url(active_id))
+        return {**_train_summary(result, started, rid, tracker.run_url(rid)), "seed": config.seed}
+
+
+def _run_name(fold: str, model: str, protocol: EvaluationProtocol, seed: int) -> str:
+    return f"{fold}/{model}/{protocol.id}/seed-{seed}"
 
 
 def _log_torch_model(best_path: Path, stats: dict[str, Any], config: TrainConfig) -> None:
@@ -257,19 +195,43 @@ def evaluate_fold_model(
     tracker: MlflowTracker | None = None,
     tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the best checkpoint on the fold's test windows and write the bundle.
+    """Evaluate the latest training of `model_name` on `fold` (every seed) on the test set.
 
-    Temperature scaling is fitted on the validation windows. The bundle goes to the MLflow
-    run that trained the model when it is in this tracking store, otherwise to a new run.
+    Temperature scaling is fitted on the validation windows (a held-out person for LOSO and
+    holdout folds). Each seed's bundle goes to the MLflow run that trained it when that run
+    is in this tracking store, otherwise to a new run. The first seed's numbers are the
+    headline; `per_seed` has all of them.
     """
-    model_dir = paths.model_dir(fold, model_name)
+    latest = read_latest_training(paths.model_root(fold, model_name))
+    per_seed = [
+        _evaluate_one_seed(paths, fold, model_name, latest.protocol_id, seed, tracker, tags)
+        for seed in latest.seeds
+    ]
+    return {**per_seed[0], "per_seed": per_seed, "seeds": latest.seeds}
+
+
+def _evaluate_one_seed(
+    paths: DataPaths,
+    fold: str,
+    model_name: str,
+    protocol_id: str,
+    seed: int,
+    tracker: MlflowTracker | None,
+    tags: dict[str, str] | None,
+) -> dict[str, Any]:
+    model_dir = paths.model_dir(fold, model_name, protocol_id, seed)
     model, ckpt = load_trained_model(model_dir / "best.pt")
+    config = TrainConfig(**ckpt["train_config"])
+    protocol = EvaluationProtocol.of(config)
+    if protocol.id != protocol_id:
+        raise ValueError(f"{model_dir / 'best.pt'}: trained under {protocol.id}, not {protocol_id}")
     stats = load_feature_stats(paths.feature_stats(fold))
-    window = WindowConfig(**ckpt["train_config"]["window"])
-    test = WindowData.from_fold(paths, fold, "test", stats, window)
-    val = WindowData.from_fold(paths, fold, "val", stats, window)
+    test = WindowData.from_fold(paths, fold, "test", stats, config.window)
+    val = WindowData.from_fold(paths, fold, "val", stats, config.window)
     if len(test) == 0:
-        raise ValueError(f"fold {fold}: the test split has no windows of {window.class_set}")
+        raise ValueError(
+            f"fold {fold}: the test split has no windows of class set {config.window.class_set}"
+        )
     probs, y = predict_proba(model, test)
     val_probs, val_y = predict_proba(model, val)
     class_ids = list(ckpt["class_ids"])
@@ -279,25 +241,46 @@ def evaluate_fold_model(
         names = ", ".join(ACTIVITY_NAMES[a] for a in present)
         notes.append(
             f"test set holds {len(present)} of {len(class_ids)} classes ({names}); "
-            "macro F1 is over the classes present in labels or predictions"
+            "macro F1 is over the classes present in the test labels"
         )
-    out_dir = paths.evaluation_dir(fold, model_name)
+    val_subject = fold_lib.validation_subject(fold)
+    notes.append(
+        "validation (early stopping, best.pt, temperature) is within-subject"
+        if val_subject is None
+        else f"validation (early stopping, best.pt, temperature) is subject {val_subject}, "
+        "held out from train and test"
+    )
+    out_dir = paths.evaluation_dir(fold, model_name, protocol_id, seed)
     summary = write_evaluation_bundle(
         out_dir,
         y,
         probs,
         class_ids,
-        title=f"{fold} / {model_name}",
+        title=f"{fold} / {model_name} / {protocol_id} / seed {seed}",
         val_logits=np.log(np.clip(val_probs, 1e-12, 1.0)),
         val_y=val_y,
+        context={
+            "fold": fold,
+            "model": model_name,
+            "seed": seed,
+            "protocol": protocol.to_dict(),
+            "validation_subject": val_subject,
+            "notes": notes,
+        },
     )
     _, missing = check_bundle_complete(out_dir)
     calibration = summary["calibration"]
+    notes.append(calibration["temperature_note"])
     result: dict[str, Any] = {
         "summary": summary,
+        "protocol": protocol.to_dict(),
+        "seed": seed,
         "notes": notes,
         "ece_before": calibration["ece_before"],
         "ece_after": calibration.get("ece_after"),
+        "nll_before": calibration["nll_before"],
+        "nll_after": calibration.get("nll_after"),
+        "temperature": calibration.get("temperature"),
         "confusion_rows": pl.read_csv(out_dir / "confusion_matrix.csv").to_dicts(),
         "confusion_png": _png_data_uri(out_dir / "confusion_matrix.png"),
         "folder": str(out_dir),
@@ -309,11 +292,18 @@ def evaluate_fold_model(
         run_id = json.loads(record.read_text())["run_id"] if record.exists() else None
         if run_id is not None and not tracker.run_exists(run_id):
             run_id = None
-        with tracker.run(f"{fold}/{model_name}", tags or {}, run_id=run_id) as active_id:
+        run_tags = {**(tags or {}), "protocol_id": protocol_id, "seed": str(seed)}
+        name = _run_name(fold, model_name, protocol, seed)
+        with tracker.run(name, run_tags, run_id=run_id) as active_id:
             tracker.log_metrics(
                 {
                     f"test_{k}": summary[k]
                     for k in ("accuracy", "macro_f1", "weighted_f1", "balanced_accuracy")
+                }
+                | {
+                    f"test_{k}": calibration[k]
+                    for k in ("ece_before", "ece_after", "nll_before", "nll_after", "temperature")
+                    if calibration.get(k) is not None
                 }
             )
             tracker.log_artifacts(out_dir, artifact_path="evaluation")
@@ -326,20 +316,40 @@ def _png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def build_report(paths: DataPaths, tracker: MlflowTracker | None = None) -> dict[str, Any]:
-    """Collect every evaluation bundle's test metrics into the leaderboard files."""
-    records = []
-    for summary_path in sorted(paths.root.glob("evaluation/*/*/summary_metrics.json")):
+def collect_results(paths: DataPaths) -> list[Result]:
+    """Every evaluation bundle under `paths` as a leaderboard `Result`."""
+    results = []
+    pattern = "evaluation/*/*/*/seed-*/summary_metrics.json"
+    for summary_path in sorted(paths.root.glob(pattern)):
         summary = json.loads(summary_path.read_text())
-        records.append(
-            {
-                "fold": summary_path.parent.parent.name,
-                "model": summary_path.parent.name,
-                "macro_f1": summary["macro_f1"],
-                "accuracy": summary["accuracy"],
-            }
+        if "protocol" not in summary:
+            continue  # written before protocols were recorded: not comparable to anything
+        protocol = EvaluationProtocol.from_dict(summary["protocol"])
+        fold, model, seed = summary["fold"], summary["model"], int(summary["seed"])
+        y_true, y_pred = read_predictions(summary_path.parent / "predictions.parquet")
+        history = paths.model_dir(fold, model, protocol.id, seed) / "history.json"
+        val = json.loads(history.read_text())["best_metric"] if history.exists() else None
+        results.append(
+            Result(
+                model=model,
+                fold=fold,
+                protocol=protocol,
+                seed=seed,
+                y_true=y_true,
+                y_pred=y_pred,
+                macro_f1=summary["macro_f1"],
+                accuracy=summary["accuracy"],
+                val_macro_f1=val,
+                calibration=summary["calibration"],
+            )
         )
-    board = build_leaderboard(records)
+    return results
+
+
+def build_report(paths: DataPaths, tracker: MlflowTracker | None = None) -> dict[str, Any]:
+    """Collect every evaluation bundle into the leaderboard files, one section per protocol."""
+    results = collect_results(paths)
+    board = build_leaderboard(results)
     synthetic = paths.synthetic_marker.exists()
     title = "PAMAP2 leaderboard" + (" (synthetic data)" if synthetic else "")
     files = write_leaderboard(board, paths.reports, title)
@@ -353,7 +363,7 @@ def build_report(paths: DataPaths, tracker: MlflowTracker | None = None) -> dict
     return {
         "board": board,
         "markdown": markdown,
-        "n_records": len(records),
+        "n_records": len(results),
         "plot_data_uri": plot_uri,
         "folder": str(paths.reports),
         "mlflow_url": url,

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import torch
 
 from ml_core.columns import ACTIVITY, MODEL_CHANNELS, SESSION, SUBJECT, TABLE_COLUMNS, TIMESTAMP
 from ml_core.io import PARQUET_COMPRESSION, atomic_path, load_torch, save_torch, write_json
@@ -97,6 +96,8 @@ def write_activity_shards(
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> ShardReport:
     """Write one subject's parquet and tensor shards and index; then remove its stale shards."""
+    import torch  # here: reading a shard index (folds) must not load torch
+
     _check_input(frame, subject)
     root = paths.root
     shard_dir, tensor_dir = paths.shard_dir(subject), paths.tensor_shard_dir(subject)

@@ -14,7 +14,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +24,18 @@ from sklearn.metrics import f1_score
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ml_core.config import TrainConfig
 from ml_core.io import load_torch, save_torch, write_json
 from ml_core.losses import build_loss
 from ml_core.models import create_model, get_spec
 from ml_core.paths import DataPaths
+from ml_core.protocol import EvaluationProtocol
 from ml_core.stats import load_feature_stats
-from ml_core.windows import WindowConfig, WindowData
+from ml_core.windows import WindowData
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-LOSSES = ("weighted_ce", "focal")
 # Settings that may differ between a run and its resumption: they do not change the result
 # (max_steps only says where a run pauses; the schedule is always sized for all epochs).
 _RESUME_FREE = ("max_steps", "device")
@@ -42,53 +43,6 @@ _RESUME_FREE = ("max_steps", "device")
 
 class TrainingDivergedError(RuntimeError):
     """The training loss or gradient norm became NaN or infinite."""
-
-
-@dataclass
-class TrainConfig:
-    """Hyperparameters of one training run; `window` may be given as a dict of its fields.
-
-    max_steps caps the optimizer steps of this call (smoke runs); the learning-rate schedule
-    still spans `epochs`, so a capped run can later be resumed to the same result.
-    patience: epochs without a better validation macro F1 before stopping (None: never).
-    balanced_sampling draws windows with probability 1 / class count; it combines with the
-    class-weighted losses, so use it with care (both correct the same imbalance).
-    """
-
-    epochs: int = 6
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 1e-2
-    warmup_steps: int = 20
-    max_steps: int | None = None
-    grad_clip: float | None = 1.0
-    loss: str = "weighted_ce"
-    focal_gamma: float = 2.0
-    balanced_sampling: bool = False
-    patience: int | None = 3
-    seed: int = 0
-    device: str = "auto"
-    eval_batch_size: int = 256
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    window: WindowConfig = field(default_factory=WindowConfig)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.window, dict):
-            self.window = WindowConfig(**self.window)
-        if self.loss not in LOSSES:
-            raise ValueError(f"TrainConfig.loss must be one of {LOSSES}, got {self.loss!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "patience"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"TrainConfig.{name} must be None or >= 1, got {value}")
-        if self.warmup_steps < 0 or self.lr <= 0:
-            raise ValueError("TrainConfig needs warmup_steps >= 0 and lr > 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -251,6 +205,8 @@ class _Run:
             {
                 "model_name": self.model_name,
                 "fold": self.fold,
+                "protocol": EvaluationProtocol.of(self.config).to_dict(),
+                "seed": self.config.seed,
                 "best_metric": ckpt["best_metric"],
                 "best_epoch": ckpt["best_epoch"],
                 "stopped_early": ckpt["stopped_early"],

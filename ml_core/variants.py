@@ -2,11 +2,11 @@
 
 A variant is what the model dimension of fold x model trains: a registered model, overrides of
 its hyperparameters (`model_args`) and of the training settings, and the protocol settings
-(window, stride, decimate, class_set, loss, epochs, seeds). A list of values for a setting
-expands into the Cartesian product (a sweep); each variant gets a readable name made from the
-entry's name and the swept values, e.g. `lstm_sweep-lr=0.002-m.hidden=64`, stable when values
-are added to or reordered in a list. `seeds` is a list by nature (the protocol's repeats) and
-never sweeps. The registered models with their defaults are the built-in variants.
+(window, stride, decimate, class_set, loss, epochs, seed, and `seeds`: how many trainings,
+with seeds seed, seed + 1, ...). A list of values for a setting expands into the Cartesian
+product (a sweep); each variant gets a readable name made from the entry's name and the swept
+values, e.g. `lstm_sweep-lr=0.002-m.hidden=64`, stable when values are added to or reordered in
+a list. The registered models with their defaults are the built-in variants.
 
 `load_variants` validates everything before returning anything: an unknown model, an unknown
 setting or a bad value is one `VariantError` that names the file, the line, the variant and
@@ -28,10 +28,9 @@ from yaml.constructor import ConstructorError
 from yaml.resolver import BaseResolver
 
 from ml_core.columns import MODALITIES
+from ml_core.config import TrainConfig, WindowConfig
 from ml_core.models import create_model, get_spec, model_names
 from ml_core.paths import PROJECT_ROOT
-from ml_core.train import TrainConfig
-from ml_core.windows import WindowConfig
 
 VARIANTS_FILE = PROJECT_ROOT / "experiments.yaml"
 WINDOW_SETTINGS = tuple(f.name for f in fields(WindowConfig))
@@ -48,6 +47,7 @@ TRAIN_SETTINGS = (
     "focal_gamma",
     "balanced_sampling",
     "patience",
+    "seed",
 )
 ENTRY_KEYS = ("model", "description", "model_args", "seeds")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -71,7 +71,7 @@ class Variant:
     train: dict[str, Any] = field(default_factory=dict)
     window: dict[str, Any] = field(default_factory=dict)
     model_args: dict[str, Any] = field(default_factory=dict)
-    seeds: tuple[int, ...] = (TrainConfig.seed,)
+    seeds: int = 1  # trainings per fold, with seeds seed, seed + 1, ... (the pipeline's seeds)
     entry: str = ""  # the file entry it was expanded from ("" for a built-in variant)
     description: str = ""
 
@@ -79,11 +79,10 @@ class Variant:
     def builtin(self) -> bool:
         return not self.entry
 
-    def train_config(self, seed: int | None = None) -> TrainConfig:
-        """The TrainConfig of one training of this variant (its first seed by default)."""
+    def train_config(self) -> TrainConfig:
+        """The TrainConfig of this variant's (first) training."""
         return TrainConfig(
             **self.train,
-            seed=self.seeds[0] if seed is None else seed,
             model_overrides=dict(self.model_args),
             window=WindowConfig(**self.window),
         )
@@ -94,7 +93,7 @@ class Variant:
             **self.train,
             **self.window,
             **{f"m.{k}": v for k, v in self.model_args.items()},
-            "seeds": list(self.seeds),
+            "seeds": self.seeds,
         }
 
 
@@ -203,12 +202,10 @@ def _expand_entry(
                 problem(key, f"expected text, got {value!r}")
             continue
         if key == "seeds":
-            seeds = _as_choices(value)
-            bad = [s for s in seeds if not isinstance(s, int) or isinstance(s, bool) or s < 0]
-            if not seeds or bad:
-                problem(key, f"expected a list of non-negative integers, got {value!r}")
-            elif len(set(seeds)) != len(seeds):
-                problem(key, f"a seed is listed twice: {value!r}")
+            swept[key] = _as_choices(value)
+            for one in swept[key]:
+                if not isinstance(one, int) or isinstance(one, bool) or one < 1:
+                    problem(key, f"expected an integer >= 1 (trainings per fold), got {one!r}")
             continue
         if key == "model_args":
             if not isinstance(value, dict):
@@ -272,7 +269,7 @@ def _expand_entry(
             train={k: v for k, v in chosen.items() if k in TRAIN_SETTINGS},
             window={k: v for k, v in chosen.items() if k in WINDOW_SETTINGS},
             model_args={k[2:]: v for k, v in chosen.items() if k.startswith("m.")},
-            seeds=tuple(_as_choices(entry.get("seeds", [TrainConfig.seed]))),
+            seeds=chosen.get("seeds", 1),
             entry=str(name),
             description=str(entry.get("description", "")),
         )

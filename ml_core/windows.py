@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ml_core.columns import ACTIVITY_NAMES, CLASS_SETS, MODALITIES, MODEL_CHANNELS
+from ml_core.columns import ACTIVITY_NAMES, MODALITIES, MODEL_CHANNELS
+from ml_core.config import WindowConfig
 from ml_core.folds import ShardRange, read_manifest
 from ml_core.io import load_torch
 from ml_core.paths import DataPaths
@@ -27,31 +28,6 @@ _BOUNDS: list[int] = [0, *accumulate(_WIDTHS)]
 MODALITY_SLICES: dict[str, slice] = {
     m: slice(_BOUNDS[i], _BOUNDS[i + 1]) for i, m in enumerate(MODALITIES)
 }
-
-
-@dataclass(frozen=True)
-class WindowConfig:
-    """Window length and stride in samples after decimation (keep every `decimate`-th row)."""
-
-    window: int = 256
-    stride: int = 128
-    decimate: int = 1
-    class_set: str = "protocol12"
-
-    def __post_init__(self) -> None:
-        for name, least in (("window", 2), ("stride", 1), ("decimate", 1)):
-            if getattr(self, name) < least:
-                raise ValueError(
-                    f"WindowConfig.{name} must be >= {least}, got {getattr(self, name)}"
-                )
-        if self.class_set not in CLASS_SETS:
-            raise ValueError(
-                f"unknown class_set {self.class_set!r}; choose from {list(CLASS_SETS)}"
-            )
-
-    @property
-    def class_ids(self) -> list[int]:
-        return list(CLASS_SETS[self.class_set])
 
 
 @dataclass

@@ -37,6 +37,7 @@ def _demo(args: argparse.Namespace) -> int:
         folds=args.folds,
         scale=args.scale,
         force=args.force,
+        class_set=args.class_set,
     )
 
 
@@ -61,7 +62,7 @@ def _variants(args: argparse.Namespace) -> int:
     for v in variants:
         settings = " ".join(f"{k}={val}" for k, val in v.settings().items() if k != "seeds")
         origin = "built-in" if v.builtin else v.entry
-        print(f"{v.name:<40} {v.model:<24} {origin:<18} seeds={list(v.seeds)} {settings}")
+        print(f"{v.name:<40} {v.model:<24} {origin:<18} seeds={v.seeds} {settings}")
     print(f"{len(variants)} variants ({sum(not v.builtin for v in variants)} from {args.file})")
     return 0
 
@@ -81,10 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(func=_synth)
 
     demo = sub.add_parser("demo", help="materialize the whole graph end to end")
-    demo.add_argument("--models", nargs="+", default=None, help="models to train")
+    demo.add_argument(
+        "--models", nargs="+", default=None, help="models to train ('all': every registered one)"
+    )
     demo.add_argument("--folds", nargs="+", default=None, help="folds to run (default all)")
     demo.add_argument("--scale", choices=["tiny", "demo", "full"], default="demo")
     demo.add_argument("--force", action="store_true", help="redo every step")
+    demo.add_argument(
+        "--class-set",
+        choices=["protocol12", "protocol11", "all18"],
+        default=None,
+        help="classes to train and evaluate on (default protocol12)",
+    )
     demo.set_defaults(func=_demo)
 
     fetch = sub.add_parser("fetch", help="download and verify the official PAMAP2 archive")

@@ -1,6 +1,8 @@
 """Small helpers that turn step reports into readable asset metadata."""
 
+import base64
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -16,3 +18,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def png_data_uri(path: str | Path) -> str:
+    """A PNG inlined as a data URI, so the Dagster UI shows it as a markdown image."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()

@@ -38,7 +38,8 @@ variants:
     model: lstm
     lr: [0.002, 0.0005]
     loss: focal
-    seeds: [0, 1]
+    seed: 5
+    seeds: 2
     model_args: {hidden: [64, 128], pooling: last}
 """,
     )
@@ -50,9 +51,9 @@ variants:
         "lstm_sweep-lr=0.002-m.hidden=64",
     ]
     one = variants["lstm_sweep-lr=0.0005-m.hidden=128"]
-    assert one.entry == "lstm_sweep" and one.model == "lstm" and one.seeds == (0, 1)
-    config = one.train_config(seed=1)
-    assert (config.lr, config.loss, config.seed) == (0.0005, "focal", 1)
+    assert one.entry == "lstm_sweep" and one.model == "lstm" and one.seeds == 2
+    config = one.train_config()
+    assert (config.lr, config.loss, config.seed) == (0.0005, "focal", 5)
     assert config.model_overrides == {"hidden": 128, "pooling": "last"}
     assert config.epochs == TrainConfig.epochs  # not overridden
 
@@ -99,6 +100,7 @@ def test_protocol_settings_reach_the_window_config(tmp_path):
         ("model: lstm\n    model_args: {hidden: 6.5}", 5, "model_args.hidden", "expected int"),
         ("model: lstm\n    model_args: {pooling: max}", 5, "model_args", "pooling must be"),
         ("model: lstm\n    seeds: [1, 1]", 5, "seeds", "listed twice"),
+        ("model: lstm\n    seeds: 0", 5, "seeds", "expected an integer >= 1"),
         ("model: lstm\n    balanced_sampling: 1", 5, "balanced_sampling", "expected bool"),
     ],
 )

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from ml_core import pipeline
+from ml_core import data_pipeline
 from ml_core.raw_files import raw_file_fingerprints, subject_fingerprint
 from orchestration.defs.partitions import subject_partitions
 from orchestration.defs.resources import DataRoot
@@ -22,7 +22,7 @@ def raw_recording(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.
     """A subject's Protocol (and, when present, Optional) `.dat` files parsed into the 56-field
     table: 54 file columns plus `subject_id` and `session`. Malformed rows fail this partition
     with the file, line and field named."""
-    report = pipeline.ingest_subject(data_root.paths(), _subject(context))
+    report = data_pipeline.ingest_subject(data_root.paths(), _subject(context))
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": report["rows"],
@@ -57,7 +57,7 @@ def validated_recording(
     """The raw table checked against a pandera schema of all 56 fields (types, physical ranges,
     known activity ids), with activity 0 (transient) dropped. A failed check blocks everything
     downstream and leaves the previous good table in place."""
-    result, report = pipeline.validate_subject(data_root.paths(), _subject(context))
+    result, report = data_pipeline.validate_subject(data_root.paths(), _subject(context))
     check = dg.AssetCheckResult(
         check_name="schema",
         passed=result.passed,
@@ -100,7 +100,7 @@ def imputed_recording(
     """Heart rate forward/back-filled per subject and session then smoothed with a 25-sample
     rolling median; short IMU packet gaps interpolated inside contiguous segments, long gaps
     left missing and counted."""
-    report = pipeline.impute_subject(data_root.paths(), _subject(context))
+    report = data_pipeline.impute_subject(data_root.paths(), _subject(context))
     path = report.pop("path")
     rows = report.pop("rows")
     return dg.MaterializeResult(

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from ml_core import pipeline
+from ml_core import data_pipeline
 from orchestration.defs.ingest import imputed_recording
 from orchestration.defs.partitions import fold_partitions, subject_partitions
 from orchestration.defs.resources import DataRoot
@@ -33,7 +33,9 @@ def activity_shards(context: dg.AssetExecutionContext, data_root: DataRoot) -> d
     """Per-subject, per-activity shards: `data/processed/subject_<id>/activity_<id>.parquet`
     (each under 20 MB, split into parts when larger) and float32 tensor shards of the model
     channels in `data/processed_tensors/subject_<id>/activity_<id>.pt`."""
-    passed, message, report = pipeline.shard_subject(data_root.paths(), int(context.partition_key))
+    passed, message, report = data_pipeline.shard_subject(
+        data_root.paths(), int(context.partition_key)
+    )
     rows = [
         {"activity": s["activity"], "rows": s["rows"], "tensor": s["tensor"]}
         for s in report["shards"]
@@ -75,7 +77,7 @@ def fold_manifests(
     `stratified` splits every shard 70/15/15 in time; `holdout-106` validates on 105 and tests
     on 106; `loso-1NN` tests on subject 1NN and validates on the last 15 % of training shards."""
     fold = context.partition_key
-    result = pipeline.build_fold_manifests(data_root.paths(), fold, window=config.window)
+    result = data_pipeline.build_fold_manifests(data_root.paths(), fold, window=config.window)
     report = result["report"]
     checks = result["checks"]
     passed = all(ok for ok, _ in checks.values())
@@ -117,7 +119,7 @@ def fold_manifests(
 def feature_stats(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.MaterializeResult:
     """Per-channel transform, mean and standard deviation computed by streaming over the fold's
     train rows only: validation and test rows are never read."""
-    result = pipeline.fold_feature_stats(data_root.paths(), context.partition_key)
+    result = data_pipeline.fold_feature_stats(data_root.paths(), context.partition_key)
     stats = result["stats"]
     rows = [
         {"channel": name, "mean": f["mean"], "std": f["std"], "nan_fraction": f["nan_fraction"]}

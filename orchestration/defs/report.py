@@ -2,7 +2,6 @@
 
 import dagster as dg
 
-from ml_core import pipeline
 from orchestration.defs.resources import DataRoot, MlflowTracking
 from orchestration.defs.train import evaluation_bundle
 
@@ -16,6 +15,8 @@ def leaderboard(data_root: DataRoot, mlflow: MlflowTracking) -> dg.MaterializeRe
     """Test macro F1 and accuracy of every evaluated model on `stratified`, `holdout-106` and
     mean +- std over the LOSO folds, with the gap between the within-subject split and LOSO.
     Written as markdown, JSON and a plot, and logged to MLflow."""
+    from ml_core import pipeline  # torch and MLflow: only when this step runs
+
     result = pipeline.build_report(data_root.paths(), tracker=mlflow.tracker())
     return dg.MaterializeResult(
         metadata={

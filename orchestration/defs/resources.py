@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from ml_core.paths import DataPaths, default_data_root
-from ml_core.tracking import MlflowTracker, default_tracking_uri
+
+if TYPE_CHECKING:
+    from ml_core.tracking import MlflowTracker
 
 
 class DataRoot(dg.ConfigurableResource):
@@ -27,6 +30,9 @@ class MlflowTracking(dg.ConfigurableResource):
     experiment: str = "pamap2"
 
     def tracker(self) -> MlflowTracker:
+        # MLflow is imported by the steps that log, not by the code location or the data steps.
+        from ml_core.tracking import MlflowTracker, default_tracking_uri
+
         uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
         return MlflowTracker(tracking_uri=uri, experiment=self.experiment)
 

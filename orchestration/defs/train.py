@@ -1,10 +1,12 @@
-"""Train stage: one model per fold x model partition, then its evaluation bundle."""
+"""Train stage: one model per fold x model partition, then its evaluation bundle.
+
+`ml_core.pipeline` (torch, scikit-learn, MLflow) is imported inside the asset bodies, so loading
+the code location and running the data steps does not pay for it.
+"""
 
 import dagster as dg
 
-from ml_core import pipeline
-from ml_core.train import TrainConfig
-from ml_core.windows import WindowConfig
+from ml_core.config import TrainConfig, WindowConfig, make_train_config
 from orchestration.defs.partitions import fold_and_model, fold_model_partitions
 from orchestration.defs.prepare import feature_stats
 from orchestration.defs.resources import DataRoot, MlflowTracking
@@ -33,9 +35,10 @@ class TrainingConfig(dg.Config):
     decimate: int = WindowConfig.decimate
     class_set: str = WindowConfig.class_set
     resume: bool = False
+    seeds: int = 1  # repeat the training with seeds seed, seed + 1, …: the spread is reported
 
     def to_train_config(self) -> TrainConfig:
-        return pipeline.make_train_config(self.model_dump())
+        return make_train_config(self.model_dump())
 
 
 def _run_tags(context: dg.AssetExecutionContext, fold: str, model: str) -> dict[str, str]:
@@ -71,7 +74,11 @@ def trained_model(
     mlflow: MlflowTracking,
 ) -> dg.MaterializeResult:
     """A model trained by `ml_core` on one fold: `best.pt`, `last.pt` and `history.json` under
-    `data/models/<fold>/<model>/`, logged to one MLflow run. A retry resumes from `last.pt`."""
+    `data/models/<fold>/<model>/<protocol id>/seed-<seed>/`, one MLflow run per seed. Another
+    protocol (window, stride, rate, class set, loss, epochs) is stored beside, never over.
+    A retry resumes from `last.pt`."""
+    from ml_core import pipeline
+
     fold, model = fold_and_model(context)
     resume = config.resume or context.retry_number > 0
     if resume:
@@ -95,6 +102,7 @@ def trained_model(
         tags=_run_tags(context, fold, model),
         resume=resume,
         on_epoch=log_epoch,
+        seeds=config.seeds,
     )
     history_rows = [
         {k: r.get(k) for k in ("epoch", "train_loss", "val_loss", "val_macro_f1", "val_accuracy")}
@@ -102,6 +110,9 @@ def trained_model(
     ]
     return dg.MaterializeResult(
         metadata={
+            "protocol_id": summary["protocol"]["id"],
+            "protocol": summary["protocol"]["description"],
+            "seeds": str(summary["seeds"]),
             "val_macro_f1": summary["best_val_macro_f1"],
             "val_accuracy": summary["val_accuracy"],
             "majority_baseline_accuracy": summary["majority_baseline_accuracy"],
@@ -147,6 +158,8 @@ def evaluation_bundle(
     confusion matrix, ROC and PR curves, and a reliability diagram with expected calibration
     error before and after temperature scaling fitted on validation. Logged to the model's
     MLflow run."""
+    from ml_core import pipeline
+
     fold, model = fold_and_model(context)
     result = pipeline.evaluate_fold_model(
         data_root.paths(),
@@ -160,12 +173,18 @@ def evaluation_bundle(
         context.log.warning(f"{fold}/{model}: {note}")
     return dg.MaterializeResult(
         metadata={
+            "protocol_id": result["protocol"]["id"],
+            "protocol": result["protocol"]["description"],
+            "seeds": str(result["seeds"]),
             "test_macro_f1": summary["macro_f1"],
             "test_accuracy": summary["accuracy"],
             "test_balanced_accuracy": summary["balanced_accuracy"],
             "test_windows": summary["n_test"],
             "ece_before": result["ece_before"],
             "ece_after": result["ece_after"],
+            "nll_before": result["nll_before"],
+            "nll_after": result["nll_after"],
+            "temperature": result["temperature"],
             "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in result["notes"]) or "_none_"),
             "confusion_matrix": dg.MetadataValue.md(markdown_table(result["confusion_rows"])),
             "confusion_plot": dg.MetadataValue.md(

@@ -13,10 +13,12 @@ import pytest
 import torch
 
 from ml_core import pipeline
+from ml_core.config import make_train_config
 from ml_core.folds import FOLD_NAMES
 from ml_core.io import load_torch
 from ml_core.models import model_names
 from ml_core.paths import DataPaths
+from ml_core.protocol import latest_dirs
 from orchestration.definitions import defs as load_defs
 from orchestration.defs.automation import fold_backfill_schedule, raw_files_sensor
 from orchestration.defs.resources import DataRoot
@@ -70,7 +72,7 @@ def test_failed_training_retries_and_resumes_from_last_checkpoint(
     # A straight run, for reference.
     straight_dir = paths.root / "straight"
     pipeline.train_model(
-        model, paths, fold, pipeline.make_train_config(settings), straight_dir, resume=False
+        model, paths, fold, make_train_config(settings), straight_dir, resume=False
     )
     expected = load_torch(straight_dir / "last.pt")["model_state"]
 
@@ -98,7 +100,7 @@ def test_failed_training_retries_and_resumes_from_last_checkpoint(
     )
     assert result.success
     assert calls == [False, True]  # first attempt fresh, the retry resumed
-    resumed = load_torch(paths.model_dir(fold, model) / "last.pt")
+    resumed = load_torch(latest_dirs(paths, fold, model)[0] / "last.pt")
     assert resumed["step"] > 7
     for name, tensor in expected.items():
         assert torch.equal(tensor, resumed["model_state"][name]), name

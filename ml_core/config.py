@@ -1,0 +1,98 @@
+"""Training and window settings: plain dataclasses, importable without torch.
+
+The Dagster code location reads its config defaults from here, so loading it (and running an
+ingest step) does not import torch, scikit-learn or MLflow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ml_core.columns import CLASS_SETS
+
+LOSSES = ("weighted_ce", "focal")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """Window length and stride in samples after decimation (keep every `decimate`-th row)."""
+
+    window: int = 256
+    stride: int = 128
+    decimate: int = 1
+    class_set: str = "protocol12"
+
+    def __post_init__(self) -> None:
+        for name, least in (("window", 2), ("stride", 1), ("decimate", 1)):
+            if getattr(self, name) < least:
+                raise ValueError(
+                    f"WindowConfig.{name} must be >= {least}, got {getattr(self, name)}"
+                )
+        if self.class_set not in CLASS_SETS:
+            raise ValueError(
+                f"unknown class_set {self.class_set!r}; choose from {list(CLASS_SETS)}"
+            )
+
+    @property
+    def class_ids(self) -> list[int]:
+        return list(CLASS_SETS[self.class_set])
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one training run; `window` may be given as a dict of its fields.
+
+    max_steps caps the optimizer steps of this call (smoke runs); the learning-rate schedule
+    still spans `epochs`, so a capped run can later be resumed to the same result.
+    patience: epochs without a better validation macro F1 before stopping (None: never).
+    balanced_sampling draws windows with probability 1 / class count; it combines with the
+    class-weighted losses, so use it with care (both correct the same imbalance).
+    """
+
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    warmup_steps: int = 20
+    max_steps: int | None = None
+    grad_clip: float | None = 1.0
+    loss: str = "weighted_ce"
+    focal_gamma: float = 2.0
+    balanced_sampling: bool = False
+    patience: int | None = 3
+    seed: int = 0
+    device: str = "auto"
+    eval_batch_size: int = 256
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    window: WindowConfig = field(default_factory=WindowConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.window, dict):
+            self.window = WindowConfig(**self.window)
+        if self.loss not in LOSSES:
+            raise ValueError(f"TrainConfig.loss must be one of {LOSSES}, got {self.loss!r}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_steps", "patience"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"TrainConfig.{name} must be None or >= 1, got {value}")
+        if self.warmup_steps < 0 or self.lr <= 0:
+            raise ValueError("TrainConfig needs warmup_steps >= 0 and lr > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def make_train_config(values: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig from flat settings (window fields beside the training ones)."""
+    values = dict(values)
+    window = {
+        k: values.pop(k) for k in ("window", "stride", "decimate", "class_set") if k in values
+    }
+    values.pop("resume", None)
+    values.pop("seeds", None)  # the orchestration's repeat count, not a setting of one run
+    return TrainConfig(**values, window=WindowConfig(**window))
