@@ -43,7 +43,12 @@ def _flaky_train_model(*args: Any, **kwargs: Any) -> Any:
         config.max_steps = None
     result = None if first else _real_train_model(*args, **kwargs)
     with (faults / "calls.jsonl").open("a") as log:
-        record = {"resume": resume, "step_before": before, "step_after": _last_step(model_dir)}
+        record = {
+            "resume": resume,
+            "step_before": before,
+            "step_after": _last_step(Path(model_dir)),
+            "model_dir": str(model_dir),
+        }
         log.write(json.dumps(record) + "\n")
     if first:
         raise ConnectionError("injected transient failure after writing last.pt")
