@@ -274,10 +274,10 @@ def _expand_entry(
             description=str(entry.get("description", "")),
         )
         try:  # settings that are fine alone but not together, and the model's own checks
-            variant.train_config()
+            config = variant.train_config()
             create_model(
                 variant.model,
-                n_classes=len(variant.train_config().window.class_ids),
+                n_classes=len(config.window.class_ids),
                 modality_channels={m: len(cols) for m, cols in MODALITIES.items()},
                 **variant.model_args,
             )
