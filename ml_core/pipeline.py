@@ -26,7 +26,6 @@ from ml_core.config import TrainConfig
 from ml_core.evaluate import check_bundle_complete, read_predictions, write_evaluation_bundle
 from ml_core.io import write_json
 from ml_core.leaderboard import Result, build_leaderboard, write_leaderboard
-from ml_core.models import get_spec
 from ml_core.paths import DataPaths
 from ml_core.protocol import EvaluationProtocol, read_latest_training, write_latest_training
 from ml_core.serving import SensorWindowClassifier
@@ -142,10 +141,7 @@ def _train_one_seed(
         )
         for path in (result.best_path, result.last_path, result.history_path):
             tracker.log_artifact(path, artifact_path="checkpoints")
-        if get_spec(model_name).kind == "torch":
-            _log_torch_model(
-                result.best_path, load_feature_stats(paths.feature_stats(fold)), config
-            )
+        _log_serving_model(result.best_path, load_feature_stats(paths.feature_stats(fold)), config)
         return {**_train_summary(result, started, rid, tracker.run_url(rid)), "seed": config.seed}
 
 
@@ -153,14 +149,17 @@ def _run_name(fold: str, model: str, protocol: EvaluationProtocol, seed: int) ->
     return f"{fold}/{model}/{protocol.id}/seed-{seed}"
 
 
-def _log_torch_model(best_path: Path, stats: dict[str, Any], config: TrainConfig) -> None:
-    """Log the best model as an MLflow PyTorch model that takes raw sensor windows."""
+def _log_serving_model(best_path: Path, stats: dict[str, Any], config: TrainConfig) -> None:
+    """Log the best model as an MLflow PyTorch model (torch.export, no pickle) that takes raw
+    sensor rows; `feature_gbm` goes as its tensor form, which predicts the same."""
     import mlflow.pytorch
 
     model, _ = load_trained_model(best_path)
-    serving = SensorWindowClassifier(model, stats)
+    net = model if isinstance(model, torch.nn.Module) else model.as_module()
+    serving = SensorWindowClassifier(net, stats, decimate=config.window.decimate)
     # Two windows: MLflow's torch.export would pin a batch dimension of size 1.
-    example = np.zeros((2, config.window.window, len(MODEL_CHANNELS)), dtype=np.float32)
+    rows = config.window.window * config.window.decimate
+    example = np.zeros((2, rows, len(MODEL_CHANNELS)), dtype=np.float32)
     mlflow.pytorch.log_model(
         serving,
         name="model",

@@ -28,6 +28,7 @@ class TrainingConfig(dg.Config):
     loss: str = TrainConfig.loss
     focal_gamma: float = TrainConfig.focal_gamma
     balanced_sampling: bool = TrainConfig.balanced_sampling
+    loss_class_weights: bool | None = TrainConfig.loss_class_weights
     seed: int = TrainConfig.seed
     device: str = TrainConfig.device
     window: int = WindowConfig.window

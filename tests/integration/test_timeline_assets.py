@@ -84,7 +84,9 @@ def test_inbox_files_fail_alone_and_never_overwrite_a_good_timeline(
     sensor_result = inbox_sensor(dg.build_sensor_context(instance=instance, resources=resources))
     assert sorted(r.partition_key for r in sensor_result.run_requests) == ["broken", "walk1"]
     instance.add_dynamic_partitions(inbox_partitions.name, ["broken", "walk1"])
-    again = inbox_sensor(dg.build_sensor_context(instance=instance, cursor=sensor_result.cursor))
+    again = inbox_sensor(
+        dg.build_sensor_context(instance=instance, cursor=sensor_result.cursor, resources=resources)
+    )
     assert again.run_requests == []  # nothing changed since the cursor
 
     assert execute("inbox_job", instance, "walk1").success
