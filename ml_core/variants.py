@@ -46,6 +46,7 @@ TRAIN_SETTINGS = (
     "loss",
     "focal_gamma",
     "balanced_sampling",
+    "loss_class_weights",
     "patience",
     "seed",
 )
