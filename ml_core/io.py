@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Generator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,14 +18,29 @@ ParquetCompression = Literal["lz4", "zstd", "snappy", "gzip", "brotli", "uncompr
 PARQUET_COMPRESSION: ParquetCompression = "lz4"
 
 
+def _create_temp_beside(target: Path) -> Path:
+    """Create an empty, uniquely named file beside `target` with mode 0666 minus the umask.
+
+    `tempfile.mkstemp` would make it 0600 whatever the umask, and the rename keeps that mode,
+    so on a shared data volume no other user (webserver, MLflow server, a worker) could read
+    the output. Opening with O_EXCL lets the kernel apply the umask atomically.
+    """
+    while True:
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+
+
 @contextmanager
 def atomic_path(target: str | Path) -> Generator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _create_temp_beside(target)
     try:
         yield tmp
         os.replace(tmp, target)

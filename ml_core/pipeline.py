@@ -30,7 +30,7 @@ from ml_core.paths import DataPaths
 from ml_core.protocol import EvaluationProtocol, read_latest_training, write_latest_training
 from ml_core.serving import SensorWindowClassifier
 from ml_core.stats import load_feature_stats
-from ml_core.tracking import MlflowTracker
+from ml_core.tracking import MlflowTracker, fold_datasets
 from ml_core.train import TrainResult, load_trained_model, predict_proba, train_model
 from ml_core.windows import WindowData
 
@@ -122,6 +122,7 @@ def _train_one_seed(
                     **{f"protocol_{k}": v for k, v in protocol.to_dict().items()},
                 }
             )
+            tracker.log_datasets(fold_datasets(paths, fold))
 
         def log_epoch(record: dict[str, Any]) -> None:
             tracker.log_metrics(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Generator, Mapping
 from contextlib import contextmanager
@@ -10,9 +11,21 @@ from typing import Any
 from urllib.parse import urlparse
 
 import mlflow
+from mlflow.data.dataset import Dataset
+from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 from mlflow.tracking import MlflowClient
 
-from ml_core.paths import default_data_root
+from ml_core.folds import SPLITS, read_manifest
+from ml_core.paths import DataPaths, default_data_root
+
+# The experiment tag the MLflow UI reads to tell classic model training from GenAI work.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+# The UI (3.x) picks its view from this URL parameter, else from the browser's last choice,
+# and a new browser starts in the GenAI view: links into this experiment carry it.
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+# How a fold's splits are named as run inputs (the `mlflow.data.context` input tag).
+SPLIT_CONTEXT = {"train": "training", "val": "validation", "test": "testing"}
 
 
 def default_tracking_uri() -> str:
@@ -33,6 +46,47 @@ def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+class ManifestDataset(Dataset):
+    """One split of a fold, as an MLflow dataset: its manifest is the source, its bytes the
+    digest, and the profile says how many rows, shards and subjects it holds."""
+
+    def __init__(self, manifest: Path, name: str) -> None:
+        self._manifest = Path(manifest).resolve()
+        ranges = read_manifest(self._manifest)
+        self._profile = {
+            "rows": sum(r.rows for r in ranges),
+            "shards": len(ranges),
+            "subjects": sorted({r.subject for r in ranges}),
+            "activities": sorted({r.activity for r in ranges}),
+        }
+        source = get_dataset_source_from_json(
+            json.dumps({"uri": self._manifest.as_uri()}), source_type="local"
+        )
+        super().__init__(source=source, name=name)
+
+    def _compute_digest(self) -> str:
+        return hashlib.sha256(self._manifest.read_bytes()).hexdigest()[:10]
+
+    @property
+    def profile(self) -> dict[str, Any]:
+        return self._profile
+
+    @property
+    def schema(self) -> None:
+        return None
+
+    def to_dict(self) -> dict[str, str]:
+        return super().to_dict() | {"profile": json.dumps(self._profile)}
+
+
+def fold_datasets(paths: DataPaths, fold: str) -> dict[str, ManifestDataset]:
+    """The fold's train, validation and test splits as MLflow datasets, keyed by split."""
+    return {
+        split: ManifestDataset(paths.manifest(fold, split), name=f"{fold}/{split}")
+        for split in SPLITS
+    }
+
+
 class MlflowTracker:
     """Thin, explicit wrapper over the MLflow client for one tracking URI and experiment."""
 
@@ -48,13 +102,22 @@ class MlflowTracker:
     def experiment_id(self) -> str:
         found = self.client.get_experiment_by_name(self.experiment)
         if found is not None:
+            # An experiment made before the tag existed (or by hand) is switched over once.
+            if found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING_KIND:
+                self.client.set_experiment_tag(
+                    found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+                )
             return found.experiment_id
         artifact_location = None
         if self.tracking_uri.startswith("sqlite:///"):
             # Keep artifacts beside the database, not in whatever directory the run started in.
             db_path = Path(self.tracking_uri.removeprefix("sqlite:///"))
             artifact_location = (db_path.parent / "artifacts").resolve().as_uri()
-        return self.client.create_experiment(self.experiment, artifact_location=artifact_location)
+        return self.client.create_experiment(
+            self.experiment,
+            artifact_location=artifact_location,
+            tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
+        )
 
     @contextmanager
     def run(
@@ -88,7 +151,19 @@ class MlflowTracker:
     def run_url(self, run_id: str) -> str:
         experiment_id = self.experiment_id()
         base = self.tracking_uri if not self.is_local_file_store else "http://127.0.0.1:5000"
-        return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        return (
+            f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
+        )
+
+    @staticmethod
+    def log_datasets(datasets: Mapping[str, Dataset]) -> None:
+        """Log datasets keyed by split as the active run's inputs, with the split's context."""
+        splits = list(datasets)
+        mlflow.log_inputs(
+            datasets=[datasets[s] for s in splits],
+            contexts=[SPLIT_CONTEXT.get(s, s) for s in splits],
+            tags_list=[None] * len(splits),
+        )
 
     @staticmethod
     def log_params(params: Mapping[str, Any]) -> None:

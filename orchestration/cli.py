@@ -50,6 +50,23 @@ def _fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _variants(args: argparse.Namespace) -> int:
+    from ml_core.variants import VariantError, load_variants
+
+    try:
+        variants = load_variants(args.file)
+    except VariantError as exc:
+        print(f"{len(exc.problems)} problem(s), no variant registered:", file=sys.stderr)
+        print(exc, file=sys.stderr)
+        return 1
+    for v in variants:
+        settings = " ".join(f"{k}={val}" for k, val in v.settings().items() if k != "seeds")
+        origin = "built-in" if v.builtin else v.entry
+        print(f"{v.name:<40} {v.model:<24} {origin:<18} seeds={v.seeds} {settings}")
+    print(f"{len(variants)} variants ({sum(not v.builtin for v in variants)} from {args.file})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pamap", description=__doc__)
     parser.add_argument(
@@ -82,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = sub.add_parser("fetch", help="download and verify the official PAMAP2 archive")
     fetch.add_argument("--url", default=None, help="archive URL (default: the UCI archive)")
     fetch.set_defaults(func=_fetch)
+
+    variants = sub.add_parser("variants", help="validate experiments.yaml and list the variants")
+    variants.add_argument("--file", default=str(PROJECT_ROOT / "experiments.yaml"))
+    variants.set_defaults(func=_variants)
     return parser
 
 

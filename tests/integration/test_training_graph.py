@@ -82,6 +82,10 @@ def test_mlflow_run_holds_params_metrics_checkpoints_and_bundle(
     run = runs[0]
     assert run.data.tags["dagster.run_id"]
     assert run.data.params["model"] == "temporal_cnn" and run.data.params["epochs"] == "2"
+    # The fold's splits are the run's inputs, so the UI shows what it was trained and tested on.
+    inputs = {i.dataset.name for i in run.inputs.dataset_inputs}
+    assert inputs == {f"{FOLD}/train", f"{FOLD}/val", f"{FOLD}/test"}
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     history = client.get_metric_history(run.info.run_id, "val_macro_f1")
     assert [m.step for m in history] == [1, 2]
     assert 0.0 <= run.data.metrics["test_macro_f1"] <= 1.0

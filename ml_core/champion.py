@@ -1,0 +1,182 @@
+"""The champion: the best complete variant past the gates, kept in the MLflow Model Registry.
+
+`select_champion` is a pure function over leaderboard rows: among complete variants evaluated
+like the classical baseline (same LOSO folds, same class set), the one with the best pooled
+LOSO macro F1 that beats the baseline's and stays within the ECE bound. `promote_champion`
+registers it under one registered-model name with the alias `champion`, only when it beats the
+current champion; the version it replaces gets the alias `previous_champion`, so
+`rollback_champion` is one alias move (and can itself be undone the same way).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+CHAMPION = "champion"
+PREVIOUS = "previous_champion"
+REGISTERED_MODEL = "pamap2-activity"
+
+
+@dataclass(frozen=True)
+class LeaderboardRow:
+    """What the selection needs of one variant's leaderboard entry.
+
+    `complete`: every fold in `folds` was evaluated. `ece`: expected calibration error of the
+    pooled LOSO predictions (after temperature scaling when the bundle has it). `model_id`:
+    the MLflow logged model to register for this variant (what `log_model` returned).
+    """
+
+    variant: str
+    protocol_id: str
+    class_set: str
+    folds: tuple[str, ...]
+    complete: bool
+    pooled_loso_macro_f1: float
+    ece: float
+    model_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ChampionGates:
+    """A champion must beat `baseline` by more than `min_margin` and have ECE <= `max_ece`."""
+
+    baseline: str = "feature_gbm"
+    max_ece: float = 0.15
+    min_margin: float = 0.0
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen row (None if nothing passed) and, for every other row, why not."""
+
+    champion: LeaderboardRow | None
+    baseline: LeaderboardRow | None
+    rejected: dict[str, str] = field(default_factory=dict)
+
+
+def select_champion(rows: list[LeaderboardRow], gates: ChampionGates) -> Selection:
+    """Pick the best complete variant past the gates; ties go to the lower ECE, then the name."""
+    baselines = [r for r in rows if r.variant == gates.baseline and r.complete]
+    rejected: dict[str, str] = {}
+    if len(baselines) != 1:
+        found = "no complete entry" if not baselines else f"{len(baselines)} complete entries"
+        for row in rows:
+            rejected[row.variant] = f"no comparison: the baseline {gates.baseline} has {found}"
+        return Selection(None, None, rejected)
+    (baseline,) = baselines
+    bar = baseline.pooled_loso_macro_f1 + gates.min_margin
+    eligible = []
+    for row in rows:
+        if row is baseline:
+            rejected[row.variant] = "the baseline itself"
+        elif not row.complete:
+            rejected[row.variant] = "incomplete: not every fold was evaluated"
+        elif set(row.folds) != set(baseline.folds):
+            rejected[row.variant] = f"evaluated on other folds than {baseline.variant}"
+        elif row.class_set != baseline.class_set:
+            rejected[row.variant] = (
+                f"class set {row.class_set} differs from the baseline's {baseline.class_set}"
+            )
+        elif row.pooled_loso_macro_f1 <= bar:
+            rejected[row.variant] = (
+                f"pooled LOSO macro F1 {row.pooled_loso_macro_f1:.4f} does not beat the "
+                f"baseline's {baseline.pooled_loso_macro_f1:.4f} (+ margin {gates.min_margin})"
+            )
+        elif row.ece > gates.max_ece:
+            rejected[row.variant] = f"ECE {row.ece:.4f} above the bound {gates.max_ece}"
+        elif row.model_id is None:
+            rejected[row.variant] = "no model to register"
+        else:
+            eligible.append(row)
+    if not eligible:
+        return Selection(None, baseline, rejected)
+    best = min(eligible, key=lambda r: (-r.pooled_loso_macro_f1, r.ece, r.variant))
+    for row in eligible:
+        if row is not best:
+            rejected[row.variant] = (
+                f"pooled LOSO macro F1 {row.pooled_loso_macro_f1:.4f} below "
+                f"{best.variant}'s {best.pooled_loso_macro_f1:.4f}"
+            )
+    return Selection(best, baseline, rejected)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What `promote_champion` decided: the champion version after the call and why."""
+
+    promoted: bool
+    reason: str
+    champion_version: str | None
+    previous_version: str | None
+    champion_f1: float | None
+
+
+def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    try:
+        return client.get_model_version_by_alias(name, alias).version
+    except MlflowException:  # no such model or alias
+        return None
+
+
+def promote_champion(
+    client: MlflowClient, selection: Selection, name: str = REGISTERED_MODEL
+) -> Promotion:
+    """Register the selected variant and move `champion` to it, if it beats the current one."""
+    current = _alias_version(client, name, CHAMPION)
+    current_f1 = None
+    if current is not None:
+        tags = client.get_model_version(name, current).tags
+        current_f1 = float(tags["pooled_loso_macro_f1"])
+    candidate = selection.champion
+    if candidate is None:
+        return Promotion(False, "no variant passed the gates", current, None, current_f1)
+    if current_f1 is not None and candidate.pooled_loso_macro_f1 <= current_f1:
+        reason = (
+            f"{candidate.variant} ({candidate.pooled_loso_macro_f1:.4f}) does not beat the "
+            f"current champion, version {current} ({current_f1:.4f})"
+        )
+        return Promotion(False, reason, current, None, current_f1)
+    assert candidate.model_id is not None  # select_champion rejects rows without one
+    logged = client.get_logged_model(candidate.model_id)
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="PAMAP2 activity recognition champion")
+    baseline = selection.baseline
+    version = client.create_model_version(
+        name,
+        source=f"models:/{candidate.model_id}",
+        run_id=logged.source_run_id,
+        model_id=candidate.model_id,
+        tags={
+            "variant": candidate.variant,
+            "protocol_id": candidate.protocol_id,
+            "class_set": candidate.class_set,
+            "pooled_loso_macro_f1": repr(candidate.pooled_loso_macro_f1),
+            "ece": repr(candidate.ece),
+            "baseline_pooled_loso_macro_f1": repr(baseline.pooled_loso_macro_f1)
+            if baseline is not None
+            else "",
+        },
+    ).version
+    if current is not None:
+        client.set_registered_model_alias(name, PREVIOUS, current)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    reason = f"{candidate.variant} ({candidate.pooled_loso_macro_f1:.4f}) " + (
+        f"beats version {current} ({current_f1:.4f})" if current is not None else "is the first"
+    )
+    return Promotion(True, reason, version, current, candidate.pooled_loso_macro_f1)
+
+
+def rollback_champion(client: MlflowClient, name: str = REGISTERED_MODEL) -> tuple[str, str]:
+    """Swap `champion` and `previous_champion`; returns (champion, previous) versions after."""
+    current = _alias_version(client, name, CHAMPION)
+    previous = _alias_version(client, name, PREVIOUS)
+    if current is None or previous is None:
+        raise ValueError(f"{name}: rollback needs both aliases {CHAMPION} and {PREVIOUS}")
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    client.set_registered_model_alias(name, PREVIOUS, current)
+    return previous, current

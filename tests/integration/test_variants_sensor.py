@@ -1,0 +1,56 @@
+"""The variants sensor registers the file's variants as dynamic partitions, or nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from ml_core.models import model_names
+from orchestration.defs.variants import VARIANT_PARTITIONS, variants_sensor
+
+
+def _tick(instance: dg.DagsterInstance) -> dg.SensorResult | dg.SkipReason:
+    result = variants_sensor(dg.build_sensor_context(instance=instance))
+    assert isinstance(result, dg.SensorResult | dg.SkipReason)
+    return result
+
+
+def _apply(instance: dg.DagsterInstance, result: dg.SensorResult | dg.SkipReason) -> None:
+    # What the daemon does with the tick's requests.
+    assert isinstance(result, dg.SensorResult)
+    for request in result.dynamic_partitions_requests or []:
+        assert isinstance(request, dg.AddDynamicPartitionsRequest)
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+
+
+def test_sensor_registers_new_variants_and_nothing_from_a_bad_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = tmp_path / "experiments.yaml"
+    monkeypatch.setenv("PAMAP_VARIANTS_FILE", str(file))
+    file.write_text("variants:\n  s:\n    model: lstm\n    lr: [0.01, 0.001]\n")
+    instance = dg.DagsterInstance.ephemeral()
+
+    _apply(instance, _tick(instance))
+    registered = instance.get_dynamic_partitions(VARIANT_PARTITIONS)
+    assert sorted(registered) == sorted([*model_names(), "s-lr=0.01", "s-lr=0.001"])
+    assert isinstance(_tick(instance), dg.SkipReason)  # nothing new
+
+    # One more variant and one bad one: the tick names the problem and registers nothing.
+    file.write_text(
+        "variants:\n  s:\n    model: lstm\n    lr: [0.01, 0.001, 0.1]\n"
+        "  t:\n    model: lstm\n    epochs: 0\n"
+    )
+    skipped = _tick(instance)
+    assert isinstance(skipped, dg.SkipReason)
+    assert f"{file}:7: variant 't', setting 'epochs'" in str(skipped.skip_message)
+    assert sorted(instance.get_dynamic_partitions(VARIANT_PARTITIONS)) == sorted(registered)
+
+    # Fixed: only the new variant is requested.
+    file.write_text("variants:\n  s:\n    model: lstm\n    lr: [0.01, 0.001, 0.1]\n")
+    result = _tick(instance)
+    assert isinstance(result, dg.SensorResult)
+    (request,) = result.dynamic_partitions_requests or []
+    assert list(request.partition_keys) == ["s-lr=0.1"]

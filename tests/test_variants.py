@@ -1,0 +1,170 @@
+"""Variants from experiments.yaml: sweep expansion, stable names, validation that names the
+file, line, variant and setting, and nothing returned on error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ml_core.models import model_names
+from ml_core.train import TrainConfig
+from ml_core.variants import VARIANTS_FILE, VariantError, load_variants
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "experiments.yaml"
+    path.write_text(text)
+    return path
+
+
+def _file_variants(path: Path) -> dict:
+    return {v.name: v for v in load_variants(path) if not v.builtin}
+
+
+def test_the_registered_models_are_the_builtin_variants(tmp_path):
+    variants = load_variants(tmp_path / "absent.yaml")
+    assert [v.name for v in variants] == model_names()
+    assert all(v.builtin and v.name == v.model for v in variants)
+    assert variants[0].train_config() == TrainConfig()
+
+
+def test_lists_expand_to_the_cartesian_product_with_readable_names(tmp_path):
+    path = _write(
+        tmp_path,
+        """
+variants:
+  lstm_sweep:
+    model: lstm
+    lr: [0.002, 0.0005]
+    loss: focal
+    seed: 5
+    seeds: 2
+    model_args: {hidden: [64, 128], pooling: last}
+""",
+    )
+    variants = _file_variants(path)
+    assert sorted(variants) == [
+        "lstm_sweep-lr=0.0005-m.hidden=128",
+        "lstm_sweep-lr=0.0005-m.hidden=64",
+        "lstm_sweep-lr=0.002-m.hidden=128",
+        "lstm_sweep-lr=0.002-m.hidden=64",
+    ]
+    one = variants["lstm_sweep-lr=0.0005-m.hidden=128"]
+    assert one.entry == "lstm_sweep" and one.model == "lstm" and one.seeds == 2
+    config = one.train_config()
+    assert (config.lr, config.loss, config.seed) == (0.0005, "focal", 5)
+    assert config.model_overrides == {"hidden": 128, "pooling": "last"}
+    assert config.epochs == TrainConfig.epochs  # not overridden
+
+
+def test_names_are_stable_when_a_sweep_grows_or_is_reordered(tmp_path):
+    first = _file_variants(
+        _write(tmp_path, "variants:\n  s:\n    model: lstm\n    window: [128, 256]\n")
+    )
+    grown = _file_variants(
+        _write(tmp_path, "variants:\n  s:\n    model: lstm\n    window: [512, 256, 128]\n")
+    )
+    assert set(first) < set(grown)
+    for name, variant in first.items():
+        assert grown[name] == variant
+
+
+def test_protocol_settings_reach_the_window_config(tmp_path):
+    path = _write(
+        tmp_path,
+        "variants:\n  w:\n    model: temporal_cnn\n    window: 128\n    stride: 64\n"
+        "    decimate: 2\n    class_set: all18\n    epochs: 3\n",
+    )
+    (variant,) = _file_variants(path).values()
+    assert variant.name == "w"  # nothing swept: the entry's own name
+    window = variant.train_config().window
+    assert (window.window, window.stride, window.decimate, window.class_set) == (
+        128,
+        64,
+        2,
+        "all18",
+    )
+
+
+@pytest.mark.parametrize(
+    ("entry", "line", "setting", "message"),
+    [
+        ("model: resnet", 4, "model", "unknown model 'resnet'"),
+        ("model: lstm\n    learning_rate: 0.1", 5, "learning_rate", "unknown setting"),
+        ("model: lstm\n    lr: fast", 5, "lr", "expected float, got 'fast'"),
+        ("model: lstm\n    epochs: [2, 0]", 5, "epochs", "epochs must be >= 1"),
+        ("model: lstm\n    class_set: everything", 5, "class_set", "unknown class_set"),
+        ("model: lstm\n    loss: hinge", 5, "loss", "loss must be one of"),
+        ("model: lstm\n    model_args: {depth: 3}", 5, "model_args.depth", "unknown setting"),
+        ("model: lstm\n    model_args: {hidden: 6.5}", 5, "model_args.hidden", "expected int"),
+        ("model: lstm\n    model_args: {pooling: max}", 5, "model_args", "pooling must be"),
+        ("model: lstm\n    seeds: [1, 1]", 5, "seeds", "listed twice"),
+        ("model: lstm\n    seeds: 0", 5, "seeds", "expected an integer >= 1"),
+        ("model: lstm\n    balanced_sampling: 1", 5, "balanced_sampling", "expected bool"),
+    ],
+)
+def test_a_bad_variant_names_file_line_variant_and_setting(tmp_path, entry, line, setting, message):
+    path = _write(tmp_path, f"# sweeps\nvariants:\n  bad_one:\n    {entry}\n")
+    with pytest.raises(VariantError) as error:
+        load_variants(path)
+    (problem,) = error.value.problems
+    assert problem.startswith(f"{path}:{line}: variant 'bad_one', setting '{setting}': ")
+    assert message in problem
+
+
+def test_one_bad_variant_registers_nothing_and_every_problem_is_listed(tmp_path):
+    path = _write(
+        tmp_path,
+        "variants:\n  good:\n    model: lstm\n  bad:\n    model: lstm\n    lr: -1\n"
+        "  worse:\n    model: gpt\n",
+    )
+    with pytest.raises(VariantError) as error:
+        load_variants(path)
+    assert [p.split(": ")[1] for p in error.value.problems] == [
+        "variant 'bad', setting 'lr'",
+        "variant 'worse', setting 'model'",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "variants:\n  a:\n    model: lstm\n  a:\n    model: lstm_x\n",
+            ":4: not valid YAML: duplicate key 'a' (first on line 2)",
+        ),
+        ("variants:\n  lstm:\n    model: lstm\n", "'lstm' is taken by the built-in variant"),
+        ("variants:\n  Big-Name:\n    model: lstm\n", "setting 'name'"),
+        ("variants: [a, b]\n", ":1: `variants` must be a mapping"),
+        ("models:\n  a: {model: lstm}\n", ":1: expected one top-level key `variants:`"),
+        ("variants:\n  a: {model: lstm\n", "not valid YAML"),
+    ],
+)
+def test_file_level_problems(tmp_path, text, message):
+    with pytest.raises(VariantError) as error:
+        load_variants(_write(tmp_path, text))
+    assert message in str(error.value)
+
+
+def test_the_projects_experiments_file_is_valid():
+    variants = [v for v in load_variants(VARIANTS_FILE) if not v.builtin]
+    assert variants, f"{VARIANTS_FILE} defines no variant"
+    assert len({v.name for v in variants}) == len(variants)
+
+
+def test_pamap_variants_lists_or_refuses(tmp_path, capsys):
+    from orchestration.cli import main
+
+    good = _write(tmp_path, "variants:\n  s:\n    model: lstm\n    lr: [0.01, 0.001]\n")
+    assert main(["variants", "--file", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "s-lr=0.01 " in out and "s-lr=0.001 " in out
+    assert f"{len(model_names()) + 2} variants (2 from {good})" in out
+    bad = _write(tmp_path, "variants:\n  s:\n    model: lstm\n    window: 1\n")
+    assert main(["variants", "--file", str(bad)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"{bad}:4: variant 's', setting 'window': WindowConfig.window must be >= 2" in (
+        captured.err
+    )
