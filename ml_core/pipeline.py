@@ -367,3 +367,61 @@ def build_report(paths: DataPaths, tracker: MlflowTracker | None = None) -> dict
         "folder": str(paths.reports),
         "mlflow_url": url,
     }
+
+
+def champion_candidates(
+    paths: DataPaths, tracker: MlflowTracker, source_fold: str = "holdout-106"
+) -> list[Any]:
+    """The leaderboard's first protocol section as champion candidates (one per model).
+
+    A candidate's `ece` is its mean test ECE over the LOSO folds after temperature scaling
+    (before, where no temperature was fitted); the model offered for registration is the one
+    trained on `source_fold` (first seed) under the same protocol, as logged to MLflow.
+    """
+    from ml_core.champion import LeaderboardRow
+
+    board_path = paths.reports / "leaderboard.json"
+    if not board_path.exists():
+        raise FileNotFoundError(f"{board_path}: materialize the leaderboard first")
+    sections = json.loads(board_path.read_text())["protocols"]
+    if not sections:
+        return []
+    section = sections[0]
+    protocol = section["protocol"]
+    rows = []
+    for entry in section["rows"]:
+        pooled = entry["pooled_loso"]
+        if pooled is None:
+            continue
+        calibration = entry["calibration"]
+        ece = calibration["ece_after_mean"]
+        ece = calibration["ece_before_mean"] if ece is None else ece
+        run_record = _run_record(
+            paths.model_dir(source_fold, entry["model"], protocol["id"], entry["seeds"][0])
+        )
+        rows.append(
+            LeaderboardRow(
+                variant=entry["model"],
+                protocol_id=protocol["id"],
+                class_set=protocol["class_set"],
+                folds=tuple(entry["folds"]),
+                complete=entry["complete"],
+                pooled_loso_macro_f1=pooled["macro_f1"],
+                ece=float("inf") if ece is None else ece,
+                model_id=_logged_model_id(tracker, run_record),
+            )
+        )
+    return rows
+
+
+def _logged_model_id(tracker: MlflowTracker, run_record: Path) -> str | None:
+    """The MLflow logged model of the training run recorded in `run_record`, if any."""
+    if not run_record.exists():
+        return None
+    run_id = json.loads(run_record.read_text())["run_id"]
+    if not tracker.run_exists(run_id):
+        return None
+    models = tracker.client.search_logged_models(
+        experiment_ids=[tracker.experiment_id()], filter_string=f"source_run_id = '{run_id}'"
+    )
+    return models[0].model_id if models else None

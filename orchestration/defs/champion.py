@@ -1,0 +1,56 @@
+"""Lifecycle stage: the best complete model past the gates, as the registry's champion."""
+
+import dagster as dg
+
+from orchestration.defs.report import leaderboard
+from orchestration.defs.resources import DataRoot, MlflowTracking
+from orchestration.metadata import markdown_table
+
+
+class ChampionConfig(dg.Config):
+    """Gates a champion must pass, and which fold's model to register."""
+
+    baseline: str = "feature_gbm"  # the classical baseline to beat on pooled LOSO macro F1
+    max_ece: float = 0.15  # mean test ECE over the LOSO folds, after temperature scaling
+    min_margin: float = 0.0  # pooled LOSO macro F1 needed above the baseline's
+    source_fold: str = "holdout-106"  # whose trained model is registered
+
+
+@dg.asset(group_name="report", kinds={"mlflow"}, deps=[leaderboard])
+def champion_model(
+    config: ChampionConfig, data_root: DataRoot, mlflow: MlflowTracking
+) -> dg.MaterializeResult:
+    """Picks the best complete model of the leaderboard's first protocol by pooled LOSO macro
+    F1, past the gates (beats the classical baseline, ECE within the bound), and registers it in
+    the MLflow Model Registry as `pamap2-activity@champion` only when it beats the current
+    champion; the replaced version keeps the alias `previous_champion` (rollback = one alias
+    move). The metadata shows the decision and why every other model was not chosen."""
+    from ml_core.champion import ChampionGates, promote_champion, select_champion
+    from ml_core.pipeline import champion_candidates
+
+    tracker = mlflow.tracker()
+    rows = champion_candidates(data_root.paths(), tracker, config.source_fold)
+    gates = ChampionGates(config.baseline, config.max_ece, config.min_margin)
+    selection = select_champion(rows, gates)
+    promotion = promote_champion(tracker.client, selection)
+    chosen = selection.champion.variant if selection.champion else None
+    comparison = [
+        {
+            "model": r.variant,
+            "pooled LOSO macro F1": r.pooled_loso_macro_f1,
+            "ECE": r.ece,
+            "complete": r.complete,
+            "verdict": "selected" if r.variant == chosen else selection.rejected.get(r.variant),
+        }
+        for r in sorted(rows, key=lambda r: -r.pooled_loso_macro_f1)
+    ]
+    return dg.MaterializeResult(
+        metadata={
+            "promoted": promotion.promoted,
+            "decision": promotion.reason,
+            "champion_version": promotion.champion_version or "none",
+            "previous_version": promotion.previous_version or "none",
+            "selected": chosen or "none",
+            "comparison": dg.MetadataValue.md(markdown_table(comparison)),
+        }
+    )
