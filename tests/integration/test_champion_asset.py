@@ -1,0 +1,104 @@
+"""champion_model through Dagster: leaderboard rows as candidates, gates, the MLflow registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import mlflow.pytorch
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from ml_core.champion import CHAMPION, REGISTERED_MODEL
+from ml_core.io import write_json
+from ml_core.paths import DataPaths
+from ml_core.tracking import MlflowTracker
+from orchestration.defs.champion import champion_model
+from orchestration.defs.resources import DataRoot, MlflowTracking
+
+PROTOCOL = {"id": "p0000abcd", "class_set": "protocol12", "description": "a test protocol"}
+FOLDS = ["holdout-106", *(f"loso-{s}" for s in range(101, 110))]
+
+
+def _entry(model: str, pooled: float, ece: float, folds: list[str]) -> dict:
+    return {
+        "model": model,
+        "seeds": [0],
+        "folds": folds,
+        "complete": folds == FOLDS,
+        "pooled_loso": {"macro_f1": pooled},
+        "calibration": {"ece_after_mean": ece, "ece_before_mean": ece + 0.1},
+    }
+
+
+def _log_model(paths: DataPaths, tracker: MlflowTracker, model: str) -> None:
+    """A training run of `model` on holdout-106 with a logged (tiny) model, as training does."""
+    with tracker.run(f"holdout-106/{model}", {"model": model}) as run_id:
+        mlflow.pytorch.log_model(
+            torch.nn.Linear(3, 2), name="model", input_example=np.zeros((2, 3), np.float32)
+        )
+    model_dir = paths.model_dir("holdout-106", model, PROTOCOL["id"], 0)
+    write_json(
+        {"run_id": run_id, "tracking_uri": tracker.tracking_uri}, model_dir / "mlflow_run.json"
+    )
+
+
+def _materialize(root: Path, uri: str) -> dict:
+    result = dg.materialize(
+        [champion_model],
+        resources={
+            "data_root": DataRoot(path=str(root)),
+            "mlflow": MlflowTracking(tracking_uri=uri),
+        },
+    )
+    assert result.success
+    (event,) = result.get_asset_materialization_events()
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def test_champion_asset_promotes_the_best_gated_model_once(tmp_path: Path) -> None:
+    paths = DataPaths(tmp_path / "data")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker(uri)
+    for model in ("feature_gbm", "temporal_cnn", "lstm", "early_fusion"):
+        _log_model(paths, tracker, model)
+    board = {
+        "protocols": [
+            {
+                "protocol": PROTOCOL,
+                "rows": [
+                    _entry("lstm", 0.95, 0.30, FOLDS),  # best F1, but badly calibrated
+                    _entry("early_fusion", 0.99, 0.05, FOLDS[:4]),  # incomplete
+                    _entry("temporal_cnn", 0.90, 0.05, FOLDS),
+                    _entry("feature_gbm", 0.85, 0.04, FOLDS),
+                ],
+            }
+        ]
+    }
+    write_json(board, paths.reports / "leaderboard.json")
+
+    first = _materialize(paths.root, uri)
+    assert first["promoted"] and first["selected"] == "temporal_cnn"
+    assert "ECE 0.3000 above the bound" in str(first["comparison"])
+    assert "incomplete" in str(first["comparison"])
+    client = MlflowClient(uri)
+    version = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
+    assert version.tags["variant"] == "temporal_cnn"
+
+    second = _materialize(paths.root, uri)  # nothing better: the champion stays
+    assert not second["promoted"] and "does not beat the current champion" in second["decision"]
+    assert client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION).version == version.version
+
+
+def test_candidates_need_a_leaderboard(tmp_path: Path) -> None:
+    from ml_core.pipeline import champion_candidates
+
+    with pytest.raises(FileNotFoundError, match="materialize the leaderboard first"):
+        champion_candidates(DataPaths(tmp_path), MlflowTracker(f"sqlite:///{tmp_path / 'm.db'}"))
+    write_json({"protocols": []}, DataPaths(tmp_path).reports / "leaderboard.json")
+    assert (
+        champion_candidates(DataPaths(tmp_path), MlflowTracker(f"sqlite:///{tmp_path / 'm.db'}"))
+        == []
+    )
