@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Generator
 from contextlib import contextmanager
@@ -31,6 +32,31 @@ def atomic_path(target: str | Path) -> Generator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def staging_root(root: str | Path, name: str) -> Generator[Path]:
+    """A fresh folder under `<root>/.staging/` to write a whole output into before it is checked;
+    removed on exit, so a failed check leaves nothing behind. Same file system as `root`, so a
+    checked output moves into place by renaming (`replace_dir`)."""
+    parent = Path(root) / ".staging"
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def replace_dir(staged: Path, target: Path) -> None:
+    """Move the folder `staged` onto `target`, removing the previous `target` only afterwards."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.with_name(f".{target.name}.replaced")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staged, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(obj: Any, target: str | Path) -> Path:

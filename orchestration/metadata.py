@@ -1,7 +1,9 @@
 """Small helpers that turn step reports into readable asset metadata."""
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
+
+import dagster as dg
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
@@ -16,3 +18,12 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def raise_blocked(check: dg.AssetCheckResult, detail: str) -> NoReturn:
+    """Fail the step after a blocking check failed: the check result (yielded before this) is
+    recorded for the partition, no materialization is, and the run fails without retries (the
+    same input would fail the same way)."""
+    raise dg.Failure(
+        description=f"blocking check {check.check_name!r} failed: {detail}", allow_retries=False
+    )

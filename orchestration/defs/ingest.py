@@ -1,12 +1,14 @@
 """Ingest stage: raw `.dat` files to validated, imputed per-subject tables."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 
 from ml_core import data_pipeline
 from ml_core.raw_files import raw_file_fingerprints, subject_fingerprint
 from orchestration.defs.partitions import subject_partitions
 from orchestration.defs.resources import DataRoot
-from orchestration.metadata import markdown_table
+from orchestration.metadata import markdown_table, raise_blocked
 
 
 def _subject(context: dg.AssetExecutionContext) -> int:
@@ -47,16 +49,17 @@ def raw_recording(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.
             "schema",
             asset="validated_recording",
             blocking=True,
+            partitions_def=subject_partitions,
             description="All 56 fields have the right types, physical ranges and known ids.",
         )
     ],
 )
 def validated_recording(
     context: dg.AssetExecutionContext, data_root: DataRoot
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """The raw table checked against a pandera schema of all 56 fields (types, physical ranges,
     known activity ids), with activity 0 (transient) dropped. A failed check blocks everything
-    downstream and leaves the previous good table in place."""
+    downstream, records no materialization and leaves the previous good table in place."""
     result, report = data_pipeline.validate_subject(data_root.paths(), _subject(context))
     check = dg.AssetCheckResult(
         check_name="schema",
@@ -70,12 +73,10 @@ def validated_recording(
         },
     )
     if not result.passed:
-        return dg.MaterializeResult(
-            metadata={"written": False, "schema_failures": result.n_failures},
-            check_results=[check],
-        )
+        yield check
+        raise_blocked(check, f"subject {_subject(context)}: {result.n_failures} schema failures")
     nan_rows = [{"sensor": k, "nan_rate": v} for k, v in report["nan_rates"].items()]
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "dagster/row_count": report["rows_kept"],
             "rows_dropped_activity_0": report["rows_dropped_activity_0"],

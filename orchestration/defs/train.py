@@ -62,6 +62,7 @@ def _run_tags(context: dg.AssetExecutionContext, fold: str, model: str) -> dict[
         dg.AssetCheckSpec(
             "beats_majority_baseline",
             asset="trained_model",
+            partitions_def=fold_model_partitions,
             description="Validation accuracy is above always predicting the most common class.",
         )
     ],
@@ -140,6 +141,7 @@ def trained_model(
         dg.AssetCheckSpec(
             "bundle_complete",
             asset="evaluation_bundle",
+            partitions_def=fold_model_partitions,
             description="Every file of the evaluation bundle is present.",
         )
     ],
