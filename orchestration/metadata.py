@@ -1,9 +1,12 @@
 """Small helpers that turn step reports into readable asset metadata."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 import dagster as dg
+
+from ml_core.io import files_digest
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
@@ -27,3 +30,9 @@ def raise_blocked(check: dg.AssetCheckResult, detail: str) -> NoReturn:
     raise dg.Failure(
         description=f"blocking check {check.check_name!r} failed: {detail}", allow_retries=False
     )
+
+
+def files_version(files: Iterable[str | Path], root: str | Path) -> dg.DataVersion:
+    """A content hash of an asset's output files: rewriting the same output keeps the version,
+    so nothing downstream turns stale."""
+    return dg.DataVersion(files_digest((Path(f) for f in files), Path(root)))

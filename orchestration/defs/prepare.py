@@ -5,10 +5,13 @@ from collections.abc import Iterator
 import dagster as dg
 
 from ml_core import data_pipeline
+from ml_core.folds import SPLITS
+from ml_core.shards import INDEX_NAME
+from orchestration.code_versions import CODE_VERSIONS
 from orchestration.defs.ingest import imputed_recording
 from orchestration.defs.partitions import fold_partitions, subject_partitions
 from orchestration.defs.resources import DataRoot
-from orchestration.metadata import markdown_table, raise_blocked
+from orchestration.metadata import files_version, markdown_table, raise_blocked
 
 
 class FoldConfig(dg.Config):
@@ -22,6 +25,7 @@ class FoldConfig(dg.Config):
     group_name="prepare",
     kinds={"parquet", "pytorch"},
     deps=[imputed_recording],
+    code_version=CODE_VERSIONS["activity_shards"],
     check_specs=[
         dg.AssetCheckSpec(
             "rows_conserved",
@@ -40,7 +44,8 @@ def activity_shards(
     channels in `data/processed_tensors/subject_<id>/activity_<id>.pt`. They are written to a
     staging folder and swapped in only when `rows_conserved` passes."""
     subject = int(context.partition_key)
-    passed, message, report = data_pipeline.shard_subject(data_root.paths(), subject)
+    paths = data_root.paths()
+    passed, message, report = data_pipeline.shard_subject(paths, subject)
     check = dg.AssetCheckResult(
         check_name="rows_conserved", passed=passed, metadata={"detail": message}
     )
@@ -59,6 +64,14 @@ def activity_shards(
             "seconds": report["seconds"],
         },
         check_results=[check],
+        # The parquet shards hold the tensors' rows; a tensor file's bytes vary between saves.
+        data_version=files_version(
+            [
+                *paths.shard_dir(subject).glob("activity_*.parquet"),
+                paths.tensor_shard_dir(subject) / INDEX_NAME,
+            ],
+            paths.root,
+        ),
     )
 
 
@@ -67,6 +80,7 @@ def activity_shards(
     group_name="prepare",
     kinds={"text"},
     deps=[dg.AssetDep(activity_shards, partition_mapping=dg.AllPartitionMapping())],
+    code_version=CODE_VERSIONS["fold_manifests"],
     check_specs=[
         dg.AssetCheckSpec(
             "split_integrity",
@@ -86,7 +100,8 @@ def fold_manifests(
     on 106; `loso-1NN` tests on subject 1NN and validates on the last 15 % of training shards.
     Written to a staging folder and moved into place only when `split_integrity` passes."""
     fold = context.partition_key
-    result = data_pipeline.build_fold_manifests(data_root.paths(), fold, window=config.window)
+    paths = data_root.paths()
+    result = data_pipeline.build_fold_manifests(paths, fold, window=config.window)
     report = result["report"]
     checks = result["checks"]
     check = dg.AssetCheckResult(
@@ -114,10 +129,11 @@ def fold_manifests(
         metadata={
             "splits": dg.MetadataValue.md(markdown_table(split_rows)),
             "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in report.notes) or "_none_"),
-            "folder": dg.MetadataValue.path(str(data_root.paths().fold_dir(fold))),
+            "folder": dg.MetadataValue.path(str(paths.fold_dir(fold))),
             "seconds": result["seconds"],
         },
         check_results=[check],
+        data_version=files_version([paths.manifest(fold, s) for s in SPLITS], paths.root),
     )
 
 
@@ -125,7 +141,12 @@ def fold_manifests(
     partitions_def=fold_partitions,
     group_name="prepare",
     kinds={"json"},
-    deps=[fold_manifests],
+    deps=[
+        fold_manifests,
+        # It reads the tensor shards of the fold's train ranges.
+        dg.AssetDep(activity_shards, partition_mapping=dg.AllPartitionMapping()),
+    ],
+    code_version=CODE_VERSIONS["feature_stats"],
 )
 def feature_stats(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.MaterializeResult:
     """Per-channel transform, mean and standard deviation computed by streaming over the fold's
@@ -142,5 +163,6 @@ def feature_stats(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.
             "per_feature": dg.MetadataValue.md(markdown_table(rows)),
             "path": dg.MetadataValue.path(result["path"]),
             "seconds": result["seconds"],
-        }
+        },
+        data_version=files_version([result["path"]], data_root.paths().root),
     )

@@ -4,13 +4,17 @@
 the code location and running the data steps does not pay for it.
 """
 
+from pathlib import Path
+
 import dagster as dg
 
 from ml_core.config import TrainConfig, WindowConfig, make_train_config
+from ml_core.io import checkpoint_digest
+from orchestration.code_versions import CODE_VERSIONS
 from orchestration.defs.partitions import fold_and_model, fold_model_partitions
-from orchestration.defs.prepare import feature_stats
+from orchestration.defs.prepare import activity_shards, feature_stats, fold_manifests
 from orchestration.defs.resources import DataRoot, MlflowTracking
-from orchestration.metadata import markdown_table
+from orchestration.metadata import files_version, markdown_table
 
 TRAINING_POOL = "training"
 
@@ -40,6 +44,16 @@ class TrainingConfig(dg.Config):
         return make_train_config(self.model_dump())
 
 
+_BY_FOLD = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="fold")
+# What a fold x model partition reads: its fold's manifests and statistics, and the tensor
+# shards of every subject (the manifests name ranges of them).
+_FOLD_INPUTS = [
+    dg.AssetDep(fold_manifests, partition_mapping=_BY_FOLD),
+    dg.AssetDep(feature_stats, partition_mapping=_BY_FOLD),
+    dg.AssetDep(activity_shards, partition_mapping=dg.AllPartitionMapping()),
+]
+
+
 def _run_tags(context: dg.AssetExecutionContext, fold: str, model: str) -> dict[str, str]:
     return {"dagster.run_id": context.run.run_id, "fold": fold, "model": model}
 
@@ -48,14 +62,8 @@ def _run_tags(context: dg.AssetExecutionContext, fold: str, model: str) -> dict[
     partitions_def=fold_model_partitions,
     group_name="train",
     kinds={"pytorch", "mlflow"},
-    deps=[
-        dg.AssetDep(
-            feature_stats,
-            partition_mapping=dg.MultiToSingleDimensionPartitionMapping(
-                partition_dimension_name="fold"
-            ),
-        )
-    ],
+    deps=_FOLD_INPUTS,
+    code_version=CODE_VERSIONS["trained_model"],
     pool=TRAINING_POOL,
     retry_policy=dg.RetryPolicy(max_retries=2, delay=2),
     check_specs=[
@@ -119,6 +127,7 @@ def trained_model(
             "mlflow_run": dg.MetadataValue.url(summary["mlflow_url"]),
             "mlflow_run_id": summary["mlflow_run_id"],
         },
+        data_version=dg.DataVersion(checkpoint_digest(summary["best_path"])),
         check_results=[
             dg.AssetCheckResult(
                 check_name="beats_majority_baseline",
@@ -136,7 +145,8 @@ def trained_model(
     partitions_def=fold_model_partitions,
     group_name="train",
     kinds={"mlflow", "matplotlib"},
-    deps=[trained_model],
+    deps=[trained_model, *_FOLD_INPUTS],
+    code_version=CODE_VERSIONS["evaluation_bundle"],
     check_specs=[
         dg.AssetCheckSpec(
             "bundle_complete",
@@ -182,6 +192,9 @@ def evaluation_bundle(
             "folder": dg.MetadataValue.path(result["folder"]),
             "mlflow_run": dg.MetadataValue.url(result["mlflow_url"]),
         },
+        data_version=files_version(
+            [Path(result["folder"]) / "summary_metrics.json"], data_root.paths().root
+        ),
         check_results=[
             dg.AssetCheckResult(
                 check_name="bundle_complete",
