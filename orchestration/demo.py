@@ -1,8 +1,10 @@
 """`pamap demo`: materialize the whole graph into the project's persistent Dagster instance.
 
 Each partition runs as its own in-process Dagster run, so `dagster dev` afterwards shows every
-materialization with its metadata. A second call only redoes what changed: subjects whose raw
-files changed, folds built from changed subjects, and the models trained on changed folds.
+materialization with its metadata. What runs is what Dagster reports as missing or stale (the
+UI's badges): the raw files are observed first, then each stage asks Dagster, after the stage
+before it ran, which of its partitions are missing or stale (a changed file, new upstream
+content, a bumped code version). `--force` redoes everything.
 """
 
 from __future__ import annotations
@@ -19,9 +21,13 @@ import dagster as dg
 from ml_core.columns import SUBJECTS
 from ml_core.folds import FOLD_NAMES
 from ml_core.paths import DataPaths
-from ml_core.raw_files import raw_file_fingerprints, subject_fingerprint
+from orchestration.staleness import Staleness, observe_raw_files
 
 DEFAULT_DEMO_MODELS: list[str] = ["feature_gbm", "temporal_cnn"]
+# Each job's assets in order, each reading the one before.
+INGEST_CHAIN = ("raw_recording", "validated_recording", "imputed_recording", "activity_shards")
+PREPARE_CHAIN = ("fold_manifests", "feature_stats")
+TRAINING_CHAIN = ("trained_model", "evaluation_bundle")
 # Step and epoch lines on the terminal; Dagster's per-event debug lines stay in the UI.
 QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
@@ -35,33 +41,19 @@ class Timing:
     runs: int = 0
 
 
-def _latest_metadata(
-    instance: dg.DagsterInstance, asset: str, partition: str | None
-) -> dict[str, object] | None:
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(
-            asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None
-        ),
-        limit=1,
-    ).records
-    if not records:
-        return None
-    materialization = records[0].asset_materialization
-    assert materialization is not None
-    return {k: v.value for k, v in materialization.metadata.items()}
-
-
 def _run(
     job: dg.JobDefinition,
     instance: dg.DagsterInstance,
     timing: Timing,
     label: str,
+    assets: Sequence[str],
     partition_key: str | dg.MultiPartitionKey | None = None,
 ) -> None:
     started = time.perf_counter()
     result = job.execute_in_process(
         instance=instance,
         partition_key=partition_key,
+        asset_selection=[dg.AssetKey(a) for a in assets],
         run_config=QUIET_CONSOLE,
         raise_on_error=False,
     )
@@ -84,7 +76,13 @@ def _run(
 
 def _say_if_up_to_date(done: Sized | int) -> None:
     if not (done if isinstance(done, int) else len(done)):
-        print("  up to date (nothing changed since the last run; --force redoes it)")
+        print("  up to date (Dagster reports nothing missing or stale; --force redoes it)")
+
+
+def _to_redo(
+    staleness: Staleness, chain: Sequence[str], partition: str | dg.MultiPartitionKey, force: bool
+) -> list[str]:
+    return list(chain) if force else staleness.to_redo(chain, partition)
 
 
 def run_demo(
@@ -95,6 +93,7 @@ def run_demo(
     force: bool = False,
 ) -> int:
     from ml_core.synthetic import write_dataset
+    from orchestration.cli import where_to_look
     from orchestration.definitions import defs as load_defs
 
     began = time.perf_counter()
@@ -109,14 +108,12 @@ def run_demo(
     paths = DataPaths(data_root)
     models = list(models or DEFAULT_DEMO_MODELS)
     folds = list(folds or FOLD_NAMES)
-    fingerprints = raw_file_fingerprints(paths)
     synth_s = 0.0
-    if not any(name.startswith("Protocol/") for name in fingerprints):
+    if not any(paths.dat_file("protocol", s).exists() for s in SUBJECTS):
         print(f"no PAMAP2 files in {paths.dataset}: writing the {scale}-scale synthetic set")
         summary = write_dataset(paths.raw, scale=scale, seed=0)
         synth_s = summary["seconds"]
         print(f"  {summary['rows']:,} rows in {len(summary['files'])} files")
-        fingerprints = raw_file_fingerprints(paths)
 
     definitions = load_defs()
     instance = dg.DagsterInstance.get()
@@ -127,57 +124,45 @@ def run_demo(
     report = definitions.resolve_job_def("report_job")
 
     print("1/4 ingest: parse, validate, impute and shard each subject")
-    changed_subjects: list[int] = []
+    observe_raw_files(instance, definitions)
+    staleness = Staleness(instance, definitions)
+    ingested = 0
     for subject in SUBJECTS:
-        if not any(name.endswith(f"subject{subject}.dat") for name in fingerprints):
+        if not paths.dat_file("protocol", subject).exists():
             continue
-        previous = _latest_metadata(instance, "activity_shards", str(subject))
-        raw = _latest_metadata(instance, "raw_recording", str(subject))
-        unchanged = (
-            previous is not None
-            and raw is not None
-            and raw.get("source_fingerprint") == subject_fingerprint(fingerprints, subject)
-            and (paths.tensor_shard_dir(subject) / "index.json").exists()
-        )
-        if unchanged and not force:
-            continue
-        _run(ingest, instance, timing, f"subject {subject}", partition_key=str(subject))
-        changed_subjects.append(subject)
-    _say_if_up_to_date(changed_subjects)
+        assets = _to_redo(staleness, INGEST_CHAIN, str(subject), force)
+        if assets:
+            _run(ingest, instance, timing, f"subject {subject}", assets, str(subject))
+            ingested += 1
+    _say_if_up_to_date(ingested)
 
     print("2/4 prepare: fold manifests and train-only feature statistics")
-    changed_folds: list[str] = []
+    staleness = Staleness(instance, definitions)
+    prepared = 0
     for fold in folds:
-        done = (
-            _latest_metadata(instance, "feature_stats", fold) and paths.feature_stats(fold).exists()
-        )
-        if done and not changed_subjects and not force:
-            continue
-        _run(prepare, instance, timing, f"fold {fold}", partition_key=fold)
-        changed_folds.append(fold)
-    _say_if_up_to_date(changed_folds)
+        assets = _to_redo(staleness, PREPARE_CHAIN, fold, force)
+        if assets:
+            _run(prepare, instance, timing, f"fold {fold}", assets, fold)
+            prepared += 1
+    _say_if_up_to_date(prepared)
 
     print(f"3/4 train and evaluate: {', '.join(models)} on {len(folds)} folds")
+    staleness = Staleness(instance, definitions)
     trained = 0
     for fold in folds:
         for model in models:
             key = dg.MultiPartitionKey({"fold": fold, "model": model})
-            done = (
-                _latest_metadata(instance, "evaluation_bundle", str(key))
-                and (paths.evaluation_dir(fold, model) / "summary_metrics.json").exists()
-            )
-            if done and fold not in changed_folds and not force:
-                continue
-            _run(training, instance, timing, f"{fold} x {model}", partition_key=key)
-            trained += 1
+            assets = _to_redo(staleness, TRAINING_CHAIN, key, force)
+            if assets:
+                _run(training, instance, timing, f"{fold} x {model}", assets, key)
+                trained += 1
     _say_if_up_to_date(trained)
 
     print("4/4 leaderboard")
-    if trained or force or not (paths.reports / "leaderboard.md").exists():
-        _run(report, instance, timing, "leaderboard")
+    if _to_redo(Staleness(instance, definitions), ("leaderboard",), None, force):
+        _run(report, instance, timing, "leaderboard", ["leaderboard"])
     else:
         _say_if_up_to_date(0)
-    mlflow_db = paths.root / "mlflow" / "mlflow.db"
     board = (paths.reports / "leaderboard.md").read_text()
     total = time.perf_counter() - began
 
@@ -189,11 +174,5 @@ def run_demo(
         f"{timing.step_s:.1f}s inside asset steps, orchestration overhead {overhead:.1f}s "
         f"({100 * overhead / max(orchestrated, 1e-9):.1f}% of {orchestrated:.1f}s)"
     )
-    print(
-        "\nwhere to look:\n"
-        f"  Dagster UI : DAGSTER_HOME={instance.root_directory} dagster dev  (http://127.0.0.1:3000)\n"
-        f"  MLflow UI  : mlflow ui --backend-store-uri sqlite:///{mlflow_db}"
-        " --host 127.0.0.1  (http://127.0.0.1:5000)\n"
-        f"  files      : {paths.root} (reports/leaderboard.md, evaluation/<fold>/<model>/)"
-    )
+    print("\n" + where_to_look(paths, str(instance.root_directory)))
     return 0
