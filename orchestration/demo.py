@@ -21,7 +21,7 @@ import dagster as dg
 from ml_core.columns import SUBJECTS
 from ml_core.folds import FOLD_NAMES
 from ml_core.paths import DataPaths
-from orchestration.staleness import Staleness, observe_raw_files
+from orchestration.staleness import PartitionKey, Staleness, observe_raw_files
 
 DEFAULT_DEMO_MODELS: list[str] = ["feature_gbm", "temporal_cnn"]
 # Each job's assets in order, each reading the one before.
@@ -80,7 +80,7 @@ def _say_if_up_to_date(done: Sized | int) -> None:
 
 
 def _to_redo(
-    staleness: Staleness, chain: Sequence[str], partition: str | dg.MultiPartitionKey, force: bool
+    staleness: Staleness, chain: Sequence[str], partition: PartitionKey, force: bool
 ) -> list[str]:
     return list(chain) if force else staleness.to_redo(chain, partition)
 

@@ -5,10 +5,11 @@ the code location and running the data steps does not pay for it.
 """
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
-from ml_core.config import TrainConfig, WindowConfig, make_train_config
+from ml_core.config import ClassSet, Device, Loss, TrainConfig, WindowConfig, make_train_config
 from ml_core.io import checkpoint_digest
 from orchestration.code_versions import CODE_VERSIONS
 from orchestration.defs.partitions import fold_and_model, fold_model_partitions
@@ -20,7 +21,10 @@ TRAINING_POOL = "training"
 
 
 class TrainingConfig(dg.Config):
-    """Hyperparameters (defaults: `ml_core.train.TrainConfig`'s, which train fast on a CPU)."""
+    """Hyperparameters (defaults: `ml_core.train.TrainConfig`'s, which train fast on a CPU).
+    `loss`, `device` and `class_set` are enumerated: the launchpad rejects any other value.
+    `model_overrides` sets the architecture's own settings (its config dataclass in
+    `ml_core/models/<model>.py`), e.g. `{hidden: 128}`; an unknown key fails the run at once."""
 
     epochs: int = TrainConfig.epochs
     batch_size: int = TrainConfig.batch_size
@@ -29,15 +33,16 @@ class TrainingConfig(dg.Config):
     warmup_steps: int = TrainConfig.warmup_steps
     max_steps: int | None = TrainConfig.max_steps
     patience: int | None = TrainConfig.patience
-    loss: str = TrainConfig.loss
+    loss: Loss = TrainConfig.loss
     focal_gamma: float = TrainConfig.focal_gamma
     balanced_sampling: bool = TrainConfig.balanced_sampling
     seed: int = TrainConfig.seed
-    device: str = TrainConfig.device
+    device: Device = TrainConfig.device
     window: int = WindowConfig.window
     stride: int = WindowConfig.stride
     decimate: int = WindowConfig.decimate
-    class_set: str = WindowConfig.class_set
+    class_set: ClassSet = WindowConfig.class_set
+    model_overrides: dict[str, Any] = {}
     resume: bool = False
 
     def to_train_config(self) -> TrainConfig:
@@ -84,8 +89,17 @@ def trained_model(
     """A model trained by `ml_core` on one fold: `best.pt`, `last.pt` and `history.json` under
     `data/models/<fold>/<model>/`, logged to one MLflow run. A retry resumes from `last.pt`."""
     from ml_core import pipeline
+    from ml_core.models import make_config
 
     fold, model = fold_and_model(context)
+    try:
+        train_config = config.to_train_config()
+        make_config(model, **train_config.model_overrides)
+    except (TypeError, ValueError) as exc:
+        # A bad setting fails the same way every time: no retry.
+        raise dg.Failure(
+            description=f"{fold}/{model}: invalid training config: {exc}", allow_retries=False
+        ) from exc
     resume = config.resume or context.retry_number > 0
     if resume:
         context.log.info(
@@ -103,7 +117,7 @@ def trained_model(
         data_root.paths(),
         fold,
         model,
-        config.to_train_config(),
+        train_config,
         tracker=mlflow.tracker(),
         tags=_run_tags(context, fold, model),
         resume=resume,
@@ -126,6 +140,9 @@ def trained_model(
             "checkpoint": dg.MetadataValue.path(summary["best_path"]),
             "mlflow_run": dg.MetadataValue.url(summary["mlflow_url"]),
             "mlflow_run_id": summary["mlflow_run_id"],
+            "config": dg.MetadataValue.json(
+                {"model": model, "fold": fold, "resume": resume, **train_config.to_dict()}
+            ),
         },
         data_version=dg.DataVersion(checkpoint_digest(summary["best_path"])),
         check_results=[
