@@ -136,11 +136,10 @@ def run_pandas(paths: DataPaths) -> tuple[int, _Timer]:
     )
     from ml_core.folds import (
         FOLD_NAMES,
-        HOLDOUT_TEST_SUBJECT,
-        HOLDOUT_VAL_SUBJECT,
-        LOSO_FRACTIONS,
         SPLITS,
         STRATIFIED_FRACTIONS,
+        test_subject,
+        validation_subject,
     )
     from ml_core.impute import MAX_STEP_S
     from ml_core.io import atomic_path, load_torch, save_torch, write_text
@@ -288,14 +287,9 @@ def run_pandas(paths: DataPaths) -> tuple[int, _Timer]:
                 if fold == "stratified":
                     parts = cut(shard_row.rows, STRATIFIED_FRACTIONS)
                     splits = SPLITS if parts else ("train",)
-                elif fold == "holdout-106":
-                    held_out = {HOLDOUT_VAL_SUBJECT: "val", HOLDOUT_TEST_SUBJECT: "test"}
-                    parts, splits = whole, (held_out.get(shard_row.subject, "train"),)
-                elif shard_row.subject == int(fold.removeprefix("loso-")):
-                    parts, splits = whole, ("test",)
                 else:
-                    parts = cut(shard_row.rows, LOSO_FRACTIONS)
-                    splits = ("train", "val") if parts else ("train",)
+                    held_out = {validation_subject(fold): "val", test_subject(fold): "test"}
+                    parts, splits = whole, (held_out.get(shard_row.subject, "train"),)
                 for split, (start, end) in zip(splits, parts or whole, strict=True):
                     lines[split].append(f"{shard_row.path},{start},{end}\n")
             for split in SPLITS:

@@ -15,7 +15,7 @@ from ml_core.columns import CLASS_SETS
 # before a run starts; the tuples are for checks at run time.
 Loss = Literal["weighted_ce", "focal"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
-ClassSet = Literal["protocol12", "all18"]
+ClassSet = Literal["protocol12", "protocol11", "all18"]
 LOSSES: tuple[str, ...] = get_args(Loss)
 DEVICES: tuple[str, ...] = get_args(Device)
 assert set(get_args(ClassSet)) == set(CLASS_SETS), "ClassSet must name every CLASS_SETS entry"
@@ -53,8 +53,10 @@ class TrainConfig:
     max_steps caps the optimizer steps of this call (smoke runs); the learning-rate schedule
     still spans `epochs`, so a capped run can later be resumed to the same result.
     patience: epochs without a better validation macro F1 before stopping (None: never).
-    balanced_sampling draws windows with probability 1 / class count; it combines with the
-    class-weighted losses, so use it with care (both correct the same imbalance).
+    Class imbalance is corrected once by default: the loss is weighted by inverse class
+    frequency, or, with balanced_sampling, windows are drawn with probability 1 / class count
+    and the loss is unweighted. loss_class_weights=True with balanced_sampling applies both
+    (an effective weight of 1 / count², which over-corrects); None picks the single correction.
     """
 
     epochs: int = 6
@@ -67,6 +69,7 @@ class TrainConfig:
     loss: Loss = "weighted_ce"
     focal_gamma: float = 2.0
     balanced_sampling: bool = False
+    loss_class_weights: bool | None = None
     patience: int | None = 3
     seed: int = 0
     device: Device = "auto"
@@ -91,6 +94,13 @@ class TrainConfig:
         if self.warmup_steps < 0 or self.lr <= 0:
             raise ValueError("TrainConfig needs warmup_steps >= 0 and lr > 0")
 
+    @property
+    def weighted_loss(self) -> bool:
+        """Whether the loss is class-weighted: as asked, else only without balanced sampling."""
+        if self.loss_class_weights is None:
+            return not self.balanced_sampling
+        return self.loss_class_weights
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -102,4 +112,5 @@ def make_train_config(values: dict[str, Any]) -> TrainConfig:
         k: values.pop(k) for k in ("window", "stride", "decimate", "class_set") if k in values
     }
     values.pop("resume", None)
+    values.pop("seeds", None)  # the orchestration's repeat count, not a setting of one run
     return TrainConfig(**values, window=WindowConfig(**window))

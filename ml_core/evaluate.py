@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -32,7 +33,7 @@ from ml_core.calibration import (
     softmax,
 )
 from ml_core.columns import ACTIVITY_NAMES
-from ml_core.io import atomic_path, write_json, write_text
+from ml_core.io import atomic_path, write_json, write_parquet, write_text
 
 BUNDLE_FILES: tuple[str, ...] = (
     "summary_metrics.json",
@@ -45,13 +46,14 @@ BUNDLE_FILES: tuple[str, ...] = (
     "pr_curves.png",
     "reliability.json",
     "reliability.png",
+    "predictions.parquet",
 )
 DPI = 110
 # Curves are stored thinned to this many points; AUC / AP always use the full curve.
 MAX_CURVE_POINTS = 500
 LABEL_NOTES = {
     "accuracy": "all test samples",
-    "macro_f1": "unweighted mean F1 over classes present in y_true or y_pred",
+    "macro_f1": "unweighted mean F1 over the classes present in this test set's labels",
     "weighted_f1": "support-weighted mean F1 over classes present in y_true",
     "balanced_accuracy": "mean recall over classes present in y_true",
     "per_class_recall": "every class; null where the class is absent from y_true",
@@ -67,8 +69,11 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
     """Accuracy, macro / weighted F1, balanced accuracy and per-class recall.
 
-    Matches scikit-learn's defaults: macro F1 averages over classes in y_true ∪ y_pred,
-    balanced accuracy over classes in y_true; per-class recall is None for absent classes.
+    Macro F1 averages over the classes present in y_true (scikit-learn's
+    `f1_score(..., labels=present, average="macro")`): on a test person who did only some
+    activities, predicting an absent class costs precision of the present ones but does not
+    add a zero-F1 class of its own. Balanced accuracy is over classes in y_true too; per-class
+    recall is None for absent classes.
     """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.ndim != 1 or y_true.shape != y_pred.shape or len(y_true) == 0:
@@ -89,7 +94,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
     f1 = 2.0 * tp / np.maximum(support + predicted, 1)
     return {
         "accuracy": float(tp.sum() / len(y_true)),
-        "macro_f1": float(f1[in_either].mean()),
+        "macro_f1": float(f1[in_true].mean()),
         "weighted_f1": float((f1 * support).sum() / support.sum()),
         "balanced_accuracy": float(recall[in_true].mean()),
         "per_class_recall": [float(r) if k else None for r, k in zip(recall, in_true, strict=True)],
@@ -137,13 +142,15 @@ def roc_curves(y_true: np.ndarray, probs: np.ndarray, names: list[str]) -> dict:
 
 
 def pr_curves(y_true: np.ndarray, probs: np.ndarray, names: list[str]) -> dict:
-    """One-vs-rest precision-recall per class; null where the class is absent from y_true."""
+    """One-vs-rest precision-recall per class; null where the class has no positives or no
+    negatives (with no negatives every ranking has precision 1: AP says nothing)."""
     per_class = {}
     for k, name in enumerate(names):
         positives = y_true == k
         n_pos = int(positives.sum())
-        if n_pos == 0:
-            per_class[name] = {"average_precision": None, "n_positive": 0}
+        if n_pos == 0 or n_pos == len(y_true):
+            reason = "absent from y_true" if n_pos == 0 else "no negatives in y_true"
+            per_class[name] = {"average_precision": None, "n_positive": n_pos, "reason": reason}
             continue
         precision, recall, _ = precision_recall_curve(
             positives, probs[:, k], drop_intermediate=True
@@ -159,7 +166,7 @@ def pr_curves(y_true: np.ndarray, probs: np.ndarray, names: list[str]) -> dict:
     macro = _mean_or_none([c["average_precision"] for c in per_class.values()])
     return {
         "macro_average_precision": macro,
-        "macro_over": "classes present in y_true",
+        "macro_over": "classes with both positives and negatives in y_true",
         "per_class": per_class,
     }
 
@@ -293,9 +300,17 @@ def _calibration(
     val_y: np.ndarray | None,
     test_logits: np.ndarray | None,
 ) -> tuple[dict, dict[str, dict]]:
-    """Calibration summary and reliability tables, before and (with val logits) after scaling."""
+    """Calibration summary and reliability tables, before and (with val logits) after scaling.
+
+    ECE and NLL before and after are both measured on the test set; the temperature is
+    fitted on validation only.
+    """
     before = reliability_table(probs, y_true)
-    summary = {"ece_before": before["ece"], "nll_before": nll_from_probs(probs, y_true)}
+    summary: dict[str, Any] = {
+        "ece_before": before["ece"],
+        "nll_before": nll_from_probs(probs, y_true),
+        "measured_on": "test set",
+    }
     tables = {"before temperature scaling": before}
     if val_logits is None and val_y is None:
         return summary, tables
@@ -307,13 +322,17 @@ def _calibration(
     test_logits = np.asarray(test_logits, dtype=np.float64)
     if test_logits.shape != probs.shape:
         raise ValueError(f"test_logits shape {test_logits.shape} != probs shape {probs.shape}")
-    temperature = fit_temperature(val_logits, val_y)
-    after = reliability_table(softmax(test_logits, temperature), y_true)
+    fit = fit_temperature(val_logits, val_y)
+    after = reliability_table(softmax(test_logits, fit.temperature), y_true)
     summary |= {
-        "temperature": temperature,
-        "fitted_on": f"validation logits ({len(val_y)} samples)",
+        "temperature": fit.temperature,
+        "temperature_applied": fit.applied,
+        "temperature_note": fit.note,
+        "fitted_on": f"validation logits ({len(val_y)} windows)",
+        "val_nll_before": fit.val_nll_before,
+        "val_nll_after": fit.val_nll_after,
         "ece_after": after["ece"],
-        "nll_after": nll_from_logits(test_logits, y_true, temperature),
+        "nll_after": nll_from_logits(test_logits, y_true, fit.temperature),
     }
     tables["after temperature scaling"] = after
     return summary, tables
@@ -328,12 +347,14 @@ def write_evaluation_bundle(
     val_logits: np.ndarray | None = None,
     val_y: np.ndarray | None = None,
     test_logits: np.ndarray | None = None,
+    context: dict[str, Any] | None = None,
 ) -> dict:
     """Write every file of BUNDLE_FILES into `out_dir` (atomically) and return the summary.
 
     `probs` are test-set class probabilities (n, K); `y_true` indexes `class_ids`. With
     `val_logits` / `val_y`, a temperature is fitted on validation and the test calibration
-    is reported before and after scaling (`test_logits` default to log `probs`).
+    is reported before and after scaling (`test_logits` default to log `probs`). `context`
+    (fold, model, seed, protocol, notes) is stored at the top of `summary_metrics.json`.
     """
     out_dir = Path(out_dir)
     y_true, probs, names = _check_inputs(y_true, probs, class_ids)
@@ -342,7 +363,7 @@ def write_evaluation_bundle(
     metrics = classification_metrics(y_true, y_pred, k)
     cm = confusion_matrix(y_true, y_pred, k)
 
-    report_labels = metrics["classes_in_y_true_or_pred"]
+    report_labels = metrics["classes_in_y_true"]
     report = classification_report(
         y_true,
         y_pred,
@@ -357,6 +378,7 @@ def write_evaluation_bundle(
 
     present = metrics["classes_in_y_true"]
     summary = {
+        **(context or {}),
         "title": title,
         "n_test": int(len(y_true)),
         "n_classes": k,
@@ -389,7 +411,31 @@ def write_evaluation_bundle(
     _plot_curves(pr, "pr", title, out_dir / "pr_curves.png")
     write_json({"calibration": calibration, "tables": tables}, out_dir / "reliability.json")
     _plot_reliability(tables, title, out_dir / "reliability.png")
+    write_predictions(y_true, probs, class_ids, out_dir / "predictions.parquet")
     return summary
+
+
+def write_predictions(
+    y_true: np.ndarray, probs: np.ndarray, class_ids: list[int], target: Path
+) -> Path:
+    """Per-window test predictions (true and predicted activity id, every class probability),
+    in window order: what pooled LOSO metrics and their bootstrap are computed from."""
+    ids = np.asarray(class_ids, dtype=np.int64)
+    frame = pl.DataFrame(
+        {
+            "window": np.arange(len(y_true), dtype=np.int64),
+            "true_activity_id": ids[y_true],
+            "predicted_activity_id": ids[probs.argmax(axis=1)],
+            **{f"p_{c}": probs[:, i] for i, c in enumerate(class_ids)},
+        }
+    )
+    return write_parquet(frame, target, compression="zstd")
+
+
+def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(true, predicted) activity ids of a bundle's `predictions.parquet`."""
+    frame = pl.read_parquet(path, columns=["true_activity_id", "predicted_activity_id"])
+    return frame["true_activity_id"].to_numpy(), frame["predicted_activity_id"].to_numpy()
 
 
 def bundle_files(out_dir: Path) -> list[Path]:

@@ -23,9 +23,11 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 DEFAULT_WINDOW = 256
 STRATIFIED_FRACTIONS = (0.70, 0.15, 0.15)
-LOSO_FRACTIONS = (0.85, 0.15)
 HOLDOUT_VAL_SUBJECT = 105
 HOLDOUT_TEST_SUBJECT = 106
+# Subjects that may validate a LOSO fold: 109's Protocol data is rope jumping only, so its
+# validation macro F1 would rank checkpoints on one class.
+VALIDATION_CANDIDATES: tuple[int, ...] = tuple(s for s in SUBJECTS if s != 109)
 
 _SHARD_PATH = re.compile(r"subject_(\d+)/activity_(\d+)\.pt$")
 
@@ -82,6 +84,37 @@ def load_shard_index(paths: DataPaths, subjects: Iterable[int] | None = None) ->
     return shards
 
 
+def loso_validation_subject(test_subject: int) -> int:
+    """The validation subject of `loso-<test_subject>`: the next candidate after it, cyclically.
+
+    The rotation is fixed (101→102, …, 107→108, 108→101, 109→101), so every LOSO fold
+    tunes early stopping, checkpoint choice and calibration on a person it neither trains
+    nor tests on, and each of 101–108 validates exactly one fold of 101–108.
+    """
+    if test_subject not in SUBJECTS:
+        raise ValueError(f"unknown subject {test_subject}; expected one of {SUBJECTS}")
+    later = [s for s in VALIDATION_CANDIDATES if s > test_subject]
+    return (later or [s for s in VALIDATION_CANDIDATES if s != test_subject])[0]
+
+
+def validation_subject(fold: str) -> int | None:
+    """The held-out validation subject of a fold; None for `stratified` (within-subject)."""
+    if fold == "holdout-106":
+        return HOLDOUT_VAL_SUBJECT
+    if fold.startswith("loso-"):
+        return loso_validation_subject(int(fold.removeprefix("loso-")))
+    return None
+
+
+def test_subject(fold: str) -> int | None:
+    """The test subject of a holdout or LOSO fold; None for `stratified`."""
+    if fold == "holdout-106":
+        return HOLDOUT_TEST_SUBJECT
+    if fold.startswith("loso-"):
+        return int(fold.removeprefix("loso-"))
+    return None
+
+
 def _whole(shard: ShardInfo) -> ShardRange:
     return ShardRange(shard.path, 0, shard.rows, shard.subject, shard.activity)
 
@@ -112,8 +145,8 @@ def build_fold(
     - stratified: every shard cut 70/15/15 in time with one-window gaps; shards too short
       for every part to hold a window go wholly to train.
     - holdout-106: validate on subject 105, test on 106, train on the rest (whole shards).
-    - loso-<id>: test on every shard of <id>; every other shard cut 85/15 (train, then val
-      after a one-window gap), too-short shards wholly to train.
+    - loso-<id>: test on every shard of <id>, validate on every shard of the fold's
+      validation subject (`loso_validation_subject`), train on the rest (whole shards).
     An empty split is an error: the fold could not be trained or evaluated.
     """
     if fold not in FOLD_NAMES:
@@ -125,6 +158,7 @@ def build_fold(
         raise ValueError(f"fold {fold}: a shard is listed twice")
 
     splits: dict[str, list[ShardRange]] = {split: [] for split in SPLITS}
+    held_out = {validation_subject(fold): "val", test_subject(fold): "test"}
     for shard in sorted(shards, key=lambda s: (s.subject, s.activity, s.path)):
         if fold == "stratified":
             parts = _cut(shard, STRATIFIED_FRACTIONS, window)
@@ -133,20 +167,9 @@ def build_fold(
             else:
                 for split, part in zip(SPLITS, parts, strict=True):
                     splits[split].append(part)
-        elif fold == "holdout-106":
-            split = {HOLDOUT_VAL_SUBJECT: "val", HOLDOUT_TEST_SUBJECT: "test"}.get(
-                shard.subject, "train"
-            )
-            splits[split].append(_whole(shard))
-        elif shard.subject == int(fold.removeprefix("loso-")):
-            splits["test"].append(_whole(shard))
         else:
-            parts = _cut(shard, LOSO_FRACTIONS, window)
-            if parts is None:
-                splits["train"].append(_whole(shard))
-            else:
-                splits["train"].append(parts[0])
-                splits["val"].append(parts[1])
+            split = held_out.get(shard.subject, "train")
+            splits[split].append(_whole(shard))
 
     empty = [split for split in SPLITS if not splits[split]]
     if empty:
@@ -171,12 +194,20 @@ def _fold_notes(
     notes = []
     held_out = {r.path for split in ("val", "test") for r in ranges[split]}
     wholly_train = [r for r in ranges["train"] if r.path not in held_out]
-    if fold != "holdout-106" and wholly_train:
-        cut = "70/15/15" if fold == "stratified" else "85/15"
-        names = ", ".join(f"{r.subject}/{r.activity}" for r in wholly_train)
+    if fold == "stratified":
         notes.append(
-            f"{len(wholly_train)} shard(s) too short for a {cut} cut with {window}-row parts "
-            f"and gaps went wholly to train (subject/activity): {names}"
+            "stratified: validation is within-subject (the middle 15 % of every shard), so "
+            "early stopping and calibration are tuned on people also in train and test"
+        )
+        if wholly_train:
+            names = ", ".join(f"{r.subject}/{r.activity}" for r in wholly_train)
+            notes.append(
+                f"{len(wholly_train)} shard(s) too short for a 70/15/15 cut with {window}-row "
+                f"parts and gaps went wholly to train (subject/activity): {names}"
+            )
+    else:
+        notes.append(
+            f"{fold}: validation subject {validation_subject(fold)} is disjoint from train and test"
         )
 
     if fold != "stratified":
@@ -342,19 +373,10 @@ def check_stratified_coverage(
 
 
 def check_subject_disjoint(ranges: dict[str, list[ShardRange]]) -> tuple[bool, str]:
-    """No subject in two splits (holdout and LOSO folds).
-
-    One exception, LOSO's by design: validation cut in time from the tail of training shards
-    shares those shards' subjects with train. Test subjects are never allowed elsewhere.
-    """
+    """No subject in two splits (holdout and LOSO folds): train, validation and test people
+    are three disjoint sets."""
     subjects = {split: {r.subject for r in ranges.get(split, [])} for split in SPLITS}
-    train_paths = {r.path for r in ranges.get("train", [])}
-    val_cut_from_train = bool(ranges.get("val")) and all(
-        r.path in train_paths for r in ranges["val"]
-    )
-    pairs = [("train", "test"), ("val", "test")]
-    if not val_cut_from_train:
-        pairs.append(("train", "val"))
+    pairs = [("train", "val"), ("train", "test"), ("val", "test")]
     shared = [
         f"{a}/{b}: {sorted(subjects[a] & subjects[b])}"
         for a, b in pairs

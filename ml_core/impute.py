@@ -21,6 +21,9 @@ from ml_core.columns import (
 # Consecutive samples are 0.01 s apart; a larger step means rows were removed (a dropped
 # transient) or skipped, and interpolating across it would invent signal.
 MAX_STEP_S = 1.5 / SAMPLE_RATE_HZ
+# Defaults of the cleaning, shared with the serving model (ml_core.serving), which repeats it.
+MAX_GAP_SAMPLES = 10
+HR_MEDIAN_WINDOW = 25
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,9 @@ class ImputationReport:
 
 
 def impute_recording(
-    frame: pl.DataFrame, max_gap_samples: int = 10, hr_median_window: int = 25
+    frame: pl.DataFrame,
+    max_gap_samples: int = MAX_GAP_SAMPLES,
+    hr_median_window: int = HR_MEDIAN_WINDOW,
 ) -> tuple[pl.DataFrame, ImputationReport]:
     """Heart rate: forward then backward fill per (subject, session), then a centred rolling
     median. IMU channels: linear interpolation across gaps of at most `max_gap_samples`

@@ -1,189 +1,428 @@
-"""Leaderboard: every model side by side per evaluation protocol, LOSO as mean ± std over folds."""
+"""Leaderboard: every model under one protocol side by side, ranked only against its equals.
+
+Input is one `Result` per (protocol, model, fold, seed): the test labels and predictions of an
+evaluation bundle plus its summary numbers. Per protocol (never mixed), each model gets:
+- per-fold macro F1 (over the classes present in that fold's test labels), seed-averaged;
+- LOSO mean ± sample std over loso-101…108; loso-109 (one test class) on its own line;
+- pooled LOSO: every LOSO test window (109 included) in one confusion matrix, macro F1 over
+  every class present, with a 95 % bootstrap CI that resamples subjects (folds), not windows,
+  because overlapping windows of one person are not independent;
+- completeness: an entry missing any fold that another entry of its protocol has is shown as
+  incomplete, unranked, below every complete entry;
+- a paired comparison with the best complete entry over their shared LOSO folds (Wilcoxon
+  signed-rank, two-sided, loso-109 left out as in the mean);
+- the spread over seeds when a model was trained with several.
+"""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from scipy.stats import wilcoxon
 
 from ml_core.folds import FOLD_NAMES
 from ml_core.io import atomic_path, write_json, write_text
+from ml_core.protocol import EvaluationProtocol
 
-METRICS: tuple[str, ...] = ("macro_f1", "accuracy")
 LOSO_PREFIX = "loso-"
-# Sample standard deviation across LOSO folds (the folds are a sample of possible subjects).
-STD_DDOF = 1
+# Subject 109's Protocol data is rope jumping only: its fold's macro F1 is over one class.
+LOSO_APART = ("loso-109",)
+STD_DDOF = 1  # sample std: the LOSO folds are a sample of possible people
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+CI_LEVEL = 0.95
 MISSING = "–"
-PROTOCOL_NOTE = (
-    "Protocols: *stratified* = 70/15/15 of every subject × activity shard, contiguous in time; "
-    "*holdout-106* = train on the rest, validate on subject 105, test on subject 106; "
-    f"*LOSO* = leave one subject out, mean ± sample std (ddof={STD_DDOF}) over the LOSO folds "
-    "present, n = number of folds; *gap* = stratified macro F1 − LOSO mean macro F1 (how much "
-    f"a within-subject split overstates cross-subject performance). {MISSING} = no result."
-)
 
 
-def _check_record(i: int, record: dict) -> tuple[str, str, dict[str, float]]:
-    for key in ("fold", "model", *METRICS):
-        if key not in record:
-            raise ValueError(f"leaderboard record {i}: missing field {key!r} in {record}")
-    fold, model = record["fold"], record["model"]
-    if fold not in FOLD_NAMES:
-        raise ValueError(
-            f"leaderboard record {i}: field 'fold' is {fold!r}, not one of {FOLD_NAMES}"
+@dataclass
+class Result:
+    """One evaluation bundle: a model under a protocol on one fold with one seed."""
+
+    model: str
+    fold: str
+    protocol: EvaluationProtocol
+    seed: int
+    y_true: np.ndarray  # activity ids of the test windows
+    y_pred: np.ndarray
+    macro_f1: float
+    accuracy: float
+    val_macro_f1: float | None = None
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        where = f"result {self.model}/{self.fold}/{self.protocol.id}/seed-{self.seed}"
+        if self.fold not in FOLD_NAMES:
+            raise ValueError(f"{where}: field 'fold' is {self.fold!r}, not one of {FOLD_NAMES}")
+        if not self.model:
+            raise ValueError(f"{where}: field 'model' is empty")
+        for name in ("macro_f1", "accuracy"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:  # also rejects NaN
+                raise ValueError(f"{where}: field {name!r} is {value!r}, not in [0, 1]")
+        self.y_true, self.y_pred = np.asarray(self.y_true), np.asarray(self.y_pred)
+        if self.y_true.shape != self.y_pred.shape or self.y_true.ndim != 1:
+            raise ValueError(f"{where}: y_true and y_pred must be equal-length 1-D arrays")
+
+
+def macro_f1_from_confusion(cm: np.ndarray) -> np.ndarray:
+    """Macro F1 over the classes with support, for one (K, K) or a stack (..., K, K)."""
+    tp = np.diagonal(cm, axis1=-2, axis2=-1).astype(np.float64)
+    support, predicted = cm.sum(axis=-1), cm.sum(axis=-2)
+    f1 = 2.0 * tp / np.maximum(support + predicted, 1)
+    present = support > 0
+    return (f1 * present).sum(axis=-1) / np.maximum(present.sum(axis=-1), 1)
+
+
+def _confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    k = len(classes)
+    t, p = np.searchsorted(classes, y_true), np.searchsorted(classes, y_pred)
+    return np.bincount(t * k + p, minlength=k * k).reshape(k, k)
+
+
+def pooled_loso(results: list[Result], resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, Any]:
+    """Pooled LOSO macro F1 and accuracy with a subject-level bootstrap CI.
+
+    Every seed's predictions count (replicates of one protocol); the bootstrap draws the LOSO
+    folds (one test person each) with replacement, so the CI reflects between-person
+    variation. Vectorised: a resample's confusion matrix is a weighted sum of the folds'.
+    """
+    folds = sorted({r.fold for r in results})
+    classes = np.unique(np.concatenate([np.concatenate([r.y_true, r.y_pred]) for r in results]))
+    per_fold = np.stack(
+        [
+            sum(
+                (_confusion(r.y_true, r.y_pred, classes) for r in results if r.fold == f),
+                np.zeros((len(classes), len(classes)), dtype=np.int64),
+            )
+            for f in folds
+        ]
+    )
+    pooled = per_fold.sum(axis=0)
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    draws = rng.integers(0, len(folds), size=(resamples, len(folds)))
+    weights = np.stack([np.bincount(d, minlength=len(folds)) for d in draws])
+    boot = macro_f1_from_confusion(np.einsum("bf,fij->bij", weights, per_fold))
+    alpha = (1.0 - CI_LEVEL) / 2.0
+    seeds = sorted({r.seed for r in results})
+    by_seed = [
+        float(
+            macro_f1_from_confusion(
+                sum(
+                    (_confusion(r.y_true, r.y_pred, classes) for r in results if r.seed == s),
+                    np.zeros((len(classes), len(classes)), dtype=np.int64),
+                )
+            )
         )
-    if not isinstance(model, str) or not model:
-        raise ValueError(f"leaderboard record {i}: field 'model' must be a non-empty string")
-    values = {}
-    for key in METRICS:
-        value = record[key]
-        if isinstance(value, bool) or not isinstance(value, int | float | np.number):
-            raise ValueError(f"leaderboard record {i}: field {key!r} is {value!r}, not a number")
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"leaderboard record {i}: field {key!r} is {value!r}, not in [0, 1]")
-        values[key] = float(value)
-    return fold, model, values
+        for s in seeds
+    ]
+    return {
+        "macro_f1": float(macro_f1_from_confusion(pooled)),
+        "accuracy": float(np.trace(pooled) / pooled.sum()),
+        "ci_low": float(np.quantile(boot, alpha)),
+        "ci_high": float(np.quantile(boot, 1.0 - alpha)),
+        "ci": f"{CI_LEVEL:.0%} bootstrap over {len(folds)} test subjects, {resamples} resamples",
+        "folds": folds,
+        "n_windows": int(pooled.sum()),
+        "classes": classes.tolist(),
+        "confusion": pooled.tolist(),
+        "macro_f1_by_seed": dict(zip(seeds, by_seed, strict=True)),
+    }
 
 
-def _loso_summary(per_fold: dict[str, dict[str, float]]) -> dict | None:
-    folds = sorted(f for f in per_fold if f.startswith(LOSO_PREFIX))
-    if not folds:
-        return None
-    out: dict = {"n_folds": len(folds), "folds": folds}
-    for key in METRICS:
-        values = np.array([per_fold[f][key] for f in folds])
-        out[f"{key}_mean"] = float(values.mean())
-        # One fold has no spread to estimate: std is None rather than 0 or NaN.
-        out[f"{key}_std"] = float(values.std(ddof=STD_DDOF)) if len(folds) > STD_DDOF else None
-        out[f"{key}_per_fold"] = dict(zip(folds, values.tolist(), strict=True))
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    std = float(np.std(values, ddof=STD_DDOF)) if len(values) > STD_DDOF else None
+    return float(np.mean(values)), std
+
+
+def _calibration_summary(results: list[Result]) -> dict[str, Any]:
+    """Over the LOSO results: validation vs test macro F1, test ECE / NLL before and after."""
+    loso = [r for r in results if r.fold.startswith(LOSO_PREFIX)]
+    out: dict[str, Any] = {"n_results": len(loso)}
+    vals = [r.val_macro_f1 for r in loso if r.val_macro_f1 is not None]
+    out["val_macro_f1_mean"] = float(np.mean(vals)) if vals else None
+    out["test_macro_f1_mean"] = float(np.mean([r.macro_f1 for r in loso])) if loso else None
+    for key in ("ece_before", "ece_after", "nll_before", "nll_after"):
+        values = [r.calibration[key] for r in loso if r.calibration.get(key) is not None]
+        out[f"{key}_mean"] = float(np.mean(values)) if values else None
+    scaled = [r for r in loso if r.calibration.get("nll_after") is not None]
+    out["n_nll_worse_10pct"] = sum(
+        r.calibration["nll_after"] > 1.1 * r.calibration["nll_before"] for r in scaled
+    )
+    out["n_temperature_applied"] = sum(bool(r.calibration.get("temperature_applied")) for r in loso)
     return out
 
 
-def _rank_key(row: dict[str, Any]) -> tuple[bool, float, str]:
-    """Best LOSO mean macro F1 first; models without LOSO results last, by name."""
-    loso = row["loso"]
-    return (loso is None, -loso["macro_f1_mean"] if loso else 0.0, row["model"])
+def _entry(model: str, results: list[Result]) -> dict[str, Any]:
+    by_fold: dict[str, list[Result]] = defaultdict(list)
+    for r in results:
+        by_fold[r.fold].append(r)
+    per_fold: dict[str, dict[str, Any]] = {
+        f: {
+            "macro_f1": float(np.mean([r.macro_f1 for r in rs])),
+            "accuracy": float(np.mean([r.accuracy for r in rs])),
+            "seeds": sorted(r.seed for r in rs),
+        }
+        for f, rs in sorted(by_fold.items(), key=lambda kv: FOLD_NAMES.index(kv[0]))
+    }
+    loso_folds = [f for f in per_fold if f.startswith(LOSO_PREFIX) and f not in LOSO_APART]
+    mean, std = _mean_std([per_fold[f]["macro_f1"] for f in loso_folds])
+    loso_results = [r for r in results if r.fold.startswith(LOSO_PREFIX)]
+    return {
+        "model": model,
+        "seeds": sorted({r.seed for r in results}),
+        "folds": list(per_fold),
+        "per_fold": per_fold,
+        "loso": {"macro_f1_mean": mean, "macro_f1_std": std, "folds": loso_folds}
+        if loso_folds
+        else None,
+        "apart": {f: per_fold[f] for f in LOSO_APART if f in per_fold},
+        "pooled_loso": pooled_loso(loso_results) if loso_results else None,
+        "calibration": _calibration_summary(results),
+    }
 
 
-def build_leaderboard(records: list[dict]) -> dict:
-    """Aggregate (fold, model, macro_f1, accuracy) records into one row per model.
+def _score(entry: dict[str, Any], reference: list[str]) -> float:
+    """Pooled LOSO macro F1 when the protocol's folds include LOSO, else the mean over them."""
+    if entry["pooled_loso"] is not None:
+        return entry["pooled_loso"]["macro_f1"]
+    return float(np.mean([entry["per_fold"][f]["macro_f1"] for f in reference]))
 
-    Rows are sorted by LOSO mean macro F1 (descending); models without LOSO results come
-    last, by name. Missing protocols are None.
-    """
-    by_model: dict[str, dict[str, dict[str, float]]] = {}
-    for i, record in enumerate(records):
-        fold, model, values = _check_record(i, record)
-        if fold in by_model.setdefault(model, {}):
-            raise ValueError(f"leaderboard record {i}: duplicate result for {model} on {fold}")
-        by_model[model][fold] = values
 
-    rows = []
-    for model, per_fold in by_model.items():
-        loso = _loso_summary(per_fold)
-        stratified = per_fold.get("stratified")
-        gap = None
-        if stratified is not None and loso is not None:
-            gap = stratified["macro_f1"] - loso["macro_f1_mean"]
-        rows.append(
-            {
-                "model": model,
-                "stratified": stratified,
-                "holdout-106": per_fold.get("holdout-106"),
-                "loso": loso,
-                "gap_macro_f1": gap,
-            }
+def _paired(entry: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
+    shared = sorted(
+        set(entry["loso"]["folds"] if entry["loso"] else ())
+        & set(best["loso"]["folds"] if best["loso"] else ())
+    )
+    out: dict[str, Any] = {"against": best["model"], "n_folds": len(shared), "p_value": None}
+    if not shared:
+        out["note"] = "no shared LOSO folds"
+        return out
+    diffs = np.array(
+        [entry["per_fold"][f]["macro_f1"] - best["per_fold"][f]["macro_f1"] for f in shared]
+    )
+    out["mean_difference"] = float(diffs.mean())
+    if entry is best:
+        out["note"] = "the best entry"
+    elif np.all(diffs == 0):
+        out["note"] = "identical on every shared fold"
+    elif len(shared) < 2:
+        out["note"] = "one shared fold: no test"
+    else:
+        out["p_value"] = float(wilcoxon(diffs, alternative="two-sided").pvalue)
+        out["test"] = "Wilcoxon signed-rank, two-sided, per-fold macro F1"
+    return out
+
+
+def build_protocol_board(protocol: EvaluationProtocol, results: list[Result]) -> dict[str, Any]:
+    """One protocol's table: complete entries ranked, incomplete ones after them, unranked."""
+    if any(r.protocol != protocol for r in results):
+        raise ValueError(f"build_protocol_board: results of other protocols than {protocol.id}")
+    by_model: dict[str, list[Result]] = defaultdict(list)
+    seen: set[tuple[str, str, int]] = set()
+    for r in results:
+        key = (r.model, r.fold, r.seed)
+        if key in seen:
+            raise ValueError(
+                f"duplicate result for {r.model} on {r.fold} with seed {r.seed} "
+                f"under protocol {protocol.id}"
+            )
+        seen.add(key)
+        by_model[r.model].append(r)
+    entries = [_entry(m, rs) for m, rs in sorted(by_model.items())]
+    reference = [f for f in FOLD_NAMES if any(f in e["per_fold"] for e in entries)]
+    for e in entries:
+        e["missing_folds"] = [f for f in reference if f not in e["per_fold"]]
+        e["complete"] = not e["missing_folds"]
+        e["score"] = _score(e, reference) if e["complete"] else None
+    complete = sorted(
+        (e for e in entries if e["complete"]), key=lambda e: (-e["score"], e["model"])
+    )
+    incomplete = sorted((e for e in entries if not e["complete"]), key=lambda e: e["model"])
+    for rank, e in enumerate(complete, start=1):
+        e["rank"] = rank
+    for e in incomplete:
+        e["rank"] = None
+    rows = complete + incomplete
+    best = complete[0] if complete else None
+    for e in rows:
+        e["vs_best"] = _paired(e, best) if best is not None else None
+    return {
+        "protocol": protocol.to_dict(),
+        "reference_folds": reference,
+        "ranked_by": "pooled LOSO macro F1"
+        if any(f.startswith(LOSO_PREFIX) for f in reference)
+        else "mean macro F1 over the reference folds",
+        "rows": rows,
+    }
+
+
+def build_leaderboard(results: list[Result]) -> dict[str, Any]:
+    """Every protocol's board; the protocol with the most results first."""
+    by_protocol: dict[EvaluationProtocol, list[Result]] = defaultdict(list)
+    for r in results:
+        by_protocol[r.protocol].append(r)
+    order = sorted(by_protocol, key=lambda p: (-len(by_protocol[p]), p.id))
+    return {
+        "notes": NOTES,
+        "protocols": [build_protocol_board(p, by_protocol[p]) for p in order],
+    }
+
+
+NOTES = [
+    "Per-fold macro F1 averages over the classes present in that fold's test labels.",
+    "LOSO mean ± std: loso-101…108, sample std (ddof=1). loso-109 is apart: subject 109's "
+    "Protocol data is rope jumping only, so its macro F1 is over one class.",
+    "Pooled LOSO: every LOSO test window (loso-109 included) in one confusion matrix, macro F1 "
+    "over every class present; 95 % CI from a bootstrap that resamples test subjects.",
+    "Validation: LOSO folds validate on a different held-out person (fixed rotation, never "
+    "109), holdout-106 on 105; stratified validates within-subject.",
+    "Ranked: only complete entries (every fold of the protocol's reference set), by pooled "
+    "LOSO macro F1. Incomplete entries are listed below, unranked.",
+    "vs best: mean per-fold macro F1 difference from the rank-1 entry over shared LOSO folds "
+    "(109 apart) and the Wilcoxon signed-rank p-value, with n folds.",
+]
+
+
+def _f(value: float | None, digits: int = 3) -> str:
+    return MISSING if value is None else f"{value:.{digits}f}"
+
+
+def _cells(e: dict[str, Any], reference: list[str]) -> list[str]:
+    pooled, loso, vs = e["pooled_loso"], e["loso"], e["vs_best"] or {}
+    pooled_cell = (
+        MISSING
+        if pooled is None
+        else f"{pooled['macro_f1']:.3f} [{pooled['ci_low']:.3f}, {pooled['ci_high']:.3f}]"
+    )
+    loso_cell = (
+        MISSING
+        if loso is None
+        else f"{loso['macro_f1_mean']:.3f} ± {_f(loso['macro_f1_std'])} (n={len(loso['folds'])})"
+    )
+    if not vs or vs.get("note") == "the best entry":
+        vs_cell = "best" if vs else MISSING
+    else:
+        delta = vs.get("mean_difference")
+        p = vs["p_value"]
+        vs_cell = (
+            f"{_f(delta, 3) if delta is None else f'{delta:+.3f}'}, "
+            f"p={_f(p, 3)} (n={vs['n_folds']})"
         )
-    rows.sort(key=_rank_key)
-    return {"std_ddof": STD_DDOF, "protocol_note": PROTOCOL_NOTE, "rows": rows}
-
-
-def _fmt(value: float | None) -> str:
-    return MISSING if value is None else f"{value:.3f}"
-
-
-def _fmt_loso(loso: dict | None, key: str) -> str:
-    if loso is None:
-        return MISSING
-    return f"{loso[f'{key}_mean']:.3f} ± {_fmt(loso[f'{key}_std'])} (n={loso['n_folds']})"
-
-
-def leaderboard_markdown(board: dict, title: str) -> str:
-    """A markdown table of the board, one row per model, with the protocol of every column."""
-    header = [
-        "rank",
-        "model",
-        "LOSO macro F1 (mean ± std, n folds)",
-        "LOSO accuracy (mean ± std, n folds)",
-        "stratified macro F1",
-        "stratified accuracy",
-        "holdout-106 macro F1",
-        "holdout-106 accuracy",
-        "gap (stratified − LOSO macro F1)",
+    by_seed = pooled["macro_f1_by_seed"] if pooled else {}
+    spread = (
+        f"{min(by_seed.values()):.3f}–{max(by_seed.values()):.3f}" if len(by_seed) > 1 else MISSING
+    )
+    status = "complete" if e["complete"] else "incomplete: no " + ", ".join(e["missing_folds"])
+    apart = e["apart"].get("loso-109")
+    return [
+        MISSING if e["rank"] is None else str(e["rank"]),
+        e["model"],
+        pooled_cell,
+        loso_cell,
+        vs_cell,
+        _f(apart["macro_f1"]) if apart else MISSING,
+        _f(e["per_fold"].get("stratified", {}).get("macro_f1")),
+        _f(e["per_fold"].get("holdout-106", {}).get("macro_f1")),
+        str(len(e["seeds"])),
+        spread,
+        status,
     ]
-    lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for rank, row in enumerate(board["rows"], start=1):
-        strat, hold = row["stratified"] or {}, row["holdout-106"] or {}
-        cells = [
-            str(rank),
-            row["model"],
-            _fmt_loso(row["loso"], "macro_f1"),
-            _fmt_loso(row["loso"], "accuracy"),
-            _fmt(strat.get("macro_f1")),
-            _fmt(strat.get("accuracy")),
-            _fmt(hold.get("macro_f1")),
-            _fmt(hold.get("accuracy")),
-            MISSING if row["gap_macro_f1"] is None else f"{row['gap_macro_f1']:+.3f}",
+
+
+HEADER = [
+    "rank",
+    "model",
+    "pooled LOSO macro F1 [95% CI]",
+    "LOSO macro F1 mean ± std (n)",
+    "vs best: Δ, Wilcoxon p (n)",
+    "loso-109 (apart)",
+    "stratified",
+    "holdout-106",
+    "seeds",
+    "seed spread (pooled)",
+    "status",
+]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(r) + " |" for r in rows
+    ]
+
+
+def leaderboard_markdown(board: dict[str, Any], title: str) -> str:
+    """One section per protocol: its description, the ranked table and the per-fold table."""
+    lines = [f"# {title}", ""]
+    if not board["protocols"]:
+        lines += ["No evaluated models yet.", ""]
+    for section in board["protocols"]:
+        protocol, reference = section["protocol"], section["reference_folds"]
+        lines += [f"## {protocol['description']}", ""]
+        lines += [f"Folds: {', '.join(reference)}. Ranked by {section['ranked_by']}.", ""]
+        lines += _table(HEADER, [_cells(e, reference) for e in section["rows"]])
+        lines += ["", "Per-fold test macro F1 (seed mean):", ""]
+        per_fold = [
+            [e["model"], *(_f(e["per_fold"].get(f, {}).get("macro_f1")) for f in reference)]
+            for e in section["rows"]
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    if not board["rows"]:
-        lines.append("| " + " | ".join([MISSING] * len(header)) + " |")
-    return "\n".join([*lines, "", board["protocol_note"], ""])
+        lines += _table(["model", *reference], per_fold)
+        lines.append("")
+    lines += [f"- {note}" for note in board["notes"]]
+    return "\n".join([*lines, ""])
 
 
-def leaderboard_plot(board: dict, path: Path, title: str) -> Path:
-    """Grouped bars of macro F1 per model: stratified, holdout-106, LOSO mean ± std (PNG)."""
-    rows = board["rows"]
-    fig = Figure(figsize=(max(7.0, 1.3 * len(rows) + 3.0), 5.5))
+def leaderboard_plot(section: dict[str, Any], path: Path, title: str) -> Path:
+    """Per model: every LOSO fold's macro F1 (dots, 109 hollow), their box, and the pooled
+    macro F1 with its CI (diamond and bar): the distribution, not a single bar."""
+    rows = section["rows"] if section else []
+    fig = Figure(figsize=(max(7.0, 1.1 * len(rows) + 3.0), 5.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    width = 0.27
-    x = np.arange(len(rows))
-    # Missing cells draw no bar (the markdown table shows them as "–").
-    for offset, protocol, colour in (
-        (-width, "stratified", "tab:gray"),
-        (0.0, "holdout-106", "tab:orange"),
-    ):
-        idx = [i for i, r in enumerate(rows) if r[protocol] is not None]
-        heights = [rows[i][protocol]["macro_f1"] for i in idx]
-        ax.bar(x[idx] + offset, heights, width, color=colour, label=protocol)
-    idx = [i for i, r in enumerate(rows) if r["loso"] is not None]
-    loso = [rows[i]["loso"] for i in idx]
-    means = [summary["macro_f1_mean"] for summary in loso]
-    stds = [summary["macro_f1_std"] or 0.0 for summary in loso]
-    ax.bar(
-        x[idx] + width,
-        means,
-        width,
-        yerr=stds,
-        capsize=3,
-        color="tab:blue",
-        label="LOSO mean ± std",
+    for i, e in enumerate(rows):
+        folds = e["loso"]["folds"] if e["loso"] else []
+        values = [e["per_fold"][f]["macro_f1"] for f in folds]
+        if len(values) > 1:
+            ax.boxplot([values], positions=[i], widths=0.5, showfliers=False)
+        jitter = np.linspace(-0.12, 0.12, max(len(values), 1))[: len(values)]
+        ax.scatter(i + jitter, values, s=18, color="tab:blue", zorder=3, label=None)
+        apart = e["apart"].get("loso-109")
+        if apart:
+            ax.scatter([i + 0.2], [apart["macro_f1"]], s=24, facecolors="none", edgecolors="grey")
+        pooled = e["pooled_loso"]
+        if pooled:
+            ax.errorbar(
+                [i + 0.3],
+                [pooled["macro_f1"]],
+                yerr=[
+                    [pooled["macro_f1"] - pooled["ci_low"]],
+                    [pooled["ci_high"] - pooled["macro_f1"]],
+                ],
+                fmt="D",
+                color="tab:red",
+                capsize=3,
+            )
+    labels = [
+        f"{e['model']}\n" + ("incomplete" if not e["complete"] else f"#{e['rank']}") for e in rows
+    ]
+    ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("test macro F1")
+    protocol = section["protocol"]["id"] if section else "no results"
+    ax.set_title(
+        f"{title} [{protocol}]\n"
+        "blue: LOSO folds 101–108 · hollow: loso-109 · red: pooled LOSO with 95% CI",
+        fontsize=10,
     )
-    for i, mean, std, summary in zip(idx, means, stds, loso, strict=True):
-        n = summary["n_folds"]
-        ax.text(x[i] + width, mean + std + 0.01, f"n={n}", ha="center", fontsize=7)
-    ax.set_xticks(x, [r["model"] for r in rows], rotation=30, ha="right")
-    ax.set_ylim(0, 1.15)
-    ax.set_ylabel("macro F1")
-    ax.set_title(title, fontsize=11)
     ax.grid(axis="y", alpha=0.3)
-    if rows:
-        ax.legend(loc="upper center", ncol=3, fontsize=8)
-    else:
+    if not rows:
         ax.text(0.5, 0.5, "no results yet", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     path = Path(path)
@@ -192,11 +431,19 @@ def leaderboard_plot(board: dict, path: Path, title: str) -> Path:
     return path
 
 
-def write_leaderboard(board: dict, out_dir: Path, title: str) -> dict[str, Path]:
-    """Write leaderboard.md, leaderboard.json and leaderboard.png into `out_dir` atomically."""
+def write_leaderboard(board: dict[str, Any], out_dir: Path, title: str) -> dict[str, Path]:
+    """leaderboard.md, leaderboard.json, leaderboard.png (first protocol) and one
+    leaderboard_<protocol id>.png per protocol, each written atomically."""
     out_dir = Path(out_dir)
-    return {
+    sections = board["protocols"]
+    files = {
         "markdown": write_text(leaderboard_markdown(board, title), out_dir / "leaderboard.md"),
         "json": write_json({"title": title, **board}, out_dir / "leaderboard.json"),
-        "plot": leaderboard_plot(board, out_dir / "leaderboard.png", title),
+        "plot": leaderboard_plot(
+            sections[0] if sections else {}, out_dir / "leaderboard.png", title
+        ),
     }
+    for section in sections:
+        pid = section["protocol"]["id"]
+        files[f"plot_{pid}"] = leaderboard_plot(section, out_dir / f"leaderboard_{pid}.png", title)
+    return files

@@ -48,9 +48,12 @@ class FocalLoss(nn.Module):
         return (w * loss).sum() / w.sum()
 
 
-def build_loss(kind: str, counts: Tensor, focal_gamma: float = 2.0) -> nn.Module:
-    """The training criterion: "weighted_ce" or "focal", weighted from train class counts."""
-    weight = class_weights(counts)
+def build_loss(
+    kind: str, counts: Tensor, focal_gamma: float = 2.0, weighted: bool = True
+) -> nn.Module:
+    """The training criterion: "weighted_ce" or "focal", weighted from train class counts
+    (`weighted=False`: every class weighs 1, for use with class-balanced sampling)."""
+    weight = class_weights(counts) if weighted else None
     if kind == "weighted_ce":
         return nn.CrossEntropyLoss(weight=weight)
     if kind == "focal":

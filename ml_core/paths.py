@@ -61,12 +61,28 @@ class DataPaths:
     def feature_stats(self, fold: str) -> Path:
         return self.fold_dir(fold) / "feature_stats.json"
 
-    # --- per fold x model ---------------------------------------------------------------
-    def model_dir(self, fold: str, model: str) -> Path:
+    # --- per fold x model x protocol x seed ---------------------------------------------
+    # A protocol id (ml_core.protocol) and a seed in every path: a run under other settings
+    # is stored beside earlier results, never over them.
+    def model_root(self, fold: str, model: str) -> Path:
+        """Every protocol's trainings of `model` on `fold` (and `latest.json`)."""
         return self.root / "models" / fold / model
 
-    def evaluation_dir(self, fold: str, model: str) -> Path:
-        return self.root / "evaluation" / fold / model
+    def model_dir(self, fold: str, model: str, protocol_id: str, seed: int) -> Path:
+        return self.model_root(fold, model) / protocol_id / f"seed-{seed}"
+
+    def evaluation_dir(self, fold: str, model: str, protocol_id: str, seed: int) -> Path:
+        return self.root / "evaluation" / fold / model / protocol_id / f"seed-{seed}"
+
+    # --- serving --------------------------------------------------------------------------
+    @property
+    def inbox(self) -> Path:
+        """New `.dat` recordings to run the champion over (one `inbox_timeline` partition each)."""
+        return self.root / "inbox"
+
+    def timeline_dir(self, recording: str) -> Path:
+        """`recording` is `subject_<id>` or `inbox_<file stem>`."""
+        return self.root / "timelines" / recording
 
     # --- reports ------------------------------------------------------------------------
     @property

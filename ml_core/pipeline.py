@@ -12,6 +12,7 @@ import base64
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,14 @@ import numpy as np
 import polars as pl
 import torch
 
+from ml_core import folds as fold_lib
 from ml_core.columns import ACTIVITY_NAMES, MODEL_CHANNELS
-from ml_core.config import TrainConfig, WindowConfig
-from ml_core.evaluate import check_bundle_complete, write_evaluation_bundle
+from ml_core.config import TrainConfig
+from ml_core.evaluate import check_bundle_complete, read_predictions, write_evaluation_bundle
 from ml_core.io import write_json
-from ml_core.leaderboard import build_leaderboard, write_leaderboard
-from ml_core.models import get_spec
+from ml_core.leaderboard import Result, build_leaderboard, write_leaderboard
 from ml_core.paths import DataPaths
+from ml_core.protocol import EvaluationProtocol, read_latest_training, write_latest_training
 from ml_core.serving import SensorWindowClassifier
 from ml_core.stats import load_feature_stats
 from ml_core.tracking import MlflowTracker
@@ -46,26 +48,80 @@ def train_fold_model(
     tags: dict[str, str] | None = None,
     resume: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    seeds: int = 1,
 ) -> dict[str, Any]:
-    """Train one model on one fold, logging params, per-epoch metrics and artifacts to MLflow.
+    """Train one model on one fold with `seeds` seeds (config.seed, config.seed + 1, …).
 
+    Each seed trains into `models/<fold>/<model>/<protocol id>/seed-<seed>/` and logs to its
+    own MLflow run, so a run under another protocol is stored beside earlier ones, never over
+    them. `latest.json` beside the protocol folders tells the evaluation what was trained.
     A resumed training reopens the MLflow run it started, so a retried step keeps one run.
     """
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
     started = time.perf_counter()
-    model_dir = paths.model_dir(fold, model_name)
+    protocol = EvaluationProtocol.of(config)
+    seed_list = [config.seed + i for i in range(seeds)]
+    per_seed = [
+        _train_one_seed(
+            paths,
+            fold,
+            model_name,
+            replace(config, seed=seed),
+            protocol,
+            tracker,
+            tags,
+            resume,
+            on_epoch,
+        )
+        for seed in seed_list
+    ]
+    write_latest_training(paths.model_root(fold, model_name), protocol, seed_list)
+    first = per_seed[0]
+    return {
+        **first,
+        "best_val_macro_f1": float(np.mean([s["best_val_macro_f1"] for s in per_seed])),
+        "protocol": protocol.to_dict(),
+        "seeds": seed_list,
+        "per_seed": per_seed,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _train_one_seed(
+    paths: DataPaths,
+    fold: str,
+    model_name: str,
+    config: TrainConfig,
+    protocol: EvaluationProtocol,
+    tracker: MlflowTracker | None,
+    tags: dict[str, str] | None,
+    resume: bool,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    model_dir = paths.model_dir(fold, model_name, protocol.id, config.seed)
     if tracker is None:
         result = train_model(model_name, paths, fold, config, model_dir, on_epoch, resume)
-        return _train_summary(result, started, run_id=None, url=None)
+        return {**_train_summary(result, started, run_id=None, url=None), "seed": config.seed}
 
     previous = _run_record(model_dir)
     run_id = None
     if resume and previous.exists():
         candidate = json.loads(previous.read_text())["run_id"]
         run_id = candidate if tracker.run_exists(candidate) else None
-    with tracker.run(f"{fold}/{model_name}", tags or {}, run_id=run_id) as active_id:
-        write_json({"run_id": active_id, "tracking_uri": tracker.tracking_uri}, previous)
+    run_tags = {**(tags or {}), "protocol_id": protocol.id, "seed": str(config.seed)}
+    with tracker.run(_run_name(fold, model_name, protocol, config.seed), run_tags, run_id) as rid:
+        write_json({"run_id": rid, "tracking_uri": tracker.tracking_uri}, previous)
         if run_id is None:
-            tracker.log_params({"model": model_name, "fold": fold, **config.to_dict()})
+            tracker.log_params(
+                {
+                    "model": model_name,
+                    "fold": fold,
+                    **config.to_dict(),
+                    **{f"protocol_{k}": v for k, v in protocol.to_dict().items()},
+                }
+            )
 
         def log_epoch(record: dict[str, Any]) -> None:
             tracker.log_metrics(
@@ -84,21 +140,25 @@ def train_fold_model(
         )
         for path in (result.best_path, result.last_path, result.history_path):
             tracker.log_artifact(path, artifact_path="checkpoints")
-        if get_spec(model_name).kind == "torch":
-            _log_torch_model(
-                result.best_path, load_feature_stats(paths.feature_stats(fold)), config
-            )
-        return _train_summary(result, started, active_id, tracker.run_url(active_id))
+        _log_serving_model(result.best_path, load_feature_stats(paths.feature_stats(fold)), config)
+        return {**_train_summary(result, started, rid, tracker.run_url(rid)), "seed": config.seed}
 
 
-def _log_torch_model(best_path: Path, stats: dict[str, Any], config: TrainConfig) -> None:
-    """Log the best model as an MLflow PyTorch model that takes raw sensor windows."""
+def _run_name(fold: str, model: str, protocol: EvaluationProtocol, seed: int) -> str:
+    return f"{fold}/{model}/{protocol.id}/seed-{seed}"
+
+
+def _log_serving_model(best_path: Path, stats: dict[str, Any], config: TrainConfig) -> None:
+    """Log the best model as an MLflow PyTorch model (torch.export, no pickle) that takes raw
+    sensor rows; `feature_gbm` goes as its tensor form, which predicts the same."""
     import mlflow.pytorch
 
     model, _ = load_trained_model(best_path)
-    serving = SensorWindowClassifier(model, stats)
+    net = model if isinstance(model, torch.nn.Module) else model.as_module()
+    serving = SensorWindowClassifier(net, stats, decimate=config.window.decimate)
     # Two windows: MLflow's torch.export would pin a batch dimension of size 1.
-    example = np.zeros((2, config.window.window, len(MODEL_CHANNELS)), dtype=np.float32)
+    rows = config.window.window * config.window.decimate
+    example = np.zeros((2, rows, len(MODEL_CHANNELS)), dtype=np.float32)
     mlflow.pytorch.log_model(
         serving,
         name="model",
@@ -133,19 +193,43 @@ def evaluate_fold_model(
     tracker: MlflowTracker | None = None,
     tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the best checkpoint on the fold's test windows and write the bundle.
+    """Evaluate the latest training of `model_name` on `fold` (every seed) on the test set.
 
-    Temperature scaling is fitted on the validation windows. The bundle goes to the MLflow
-    run that trained the model when it is in this tracking store, otherwise to a new run.
+    Temperature scaling is fitted on the validation windows (a held-out person for LOSO and
+    holdout folds). Each seed's bundle goes to the MLflow run that trained it when that run
+    is in this tracking store, otherwise to a new run. The first seed's numbers are the
+    headline; `per_seed` has all of them.
     """
-    model_dir = paths.model_dir(fold, model_name)
+    latest = read_latest_training(paths.model_root(fold, model_name))
+    per_seed = [
+        _evaluate_one_seed(paths, fold, model_name, latest.protocol_id, seed, tracker, tags)
+        for seed in latest.seeds
+    ]
+    return {**per_seed[0], "per_seed": per_seed, "seeds": latest.seeds}
+
+
+def _evaluate_one_seed(
+    paths: DataPaths,
+    fold: str,
+    model_name: str,
+    protocol_id: str,
+    seed: int,
+    tracker: MlflowTracker | None,
+    tags: dict[str, str] | None,
+) -> dict[str, Any]:
+    model_dir = paths.model_dir(fold, model_name, protocol_id, seed)
     model, ckpt = load_trained_model(model_dir / "best.pt")
+    config = TrainConfig(**ckpt["train_config"])
+    protocol = EvaluationProtocol.of(config)
+    if protocol.id != protocol_id:
+        raise ValueError(f"{model_dir / 'best.pt'}: trained under {protocol.id}, not {protocol_id}")
     stats = load_feature_stats(paths.feature_stats(fold))
-    window = WindowConfig(**ckpt["train_config"]["window"])
-    test = WindowData.from_fold(paths, fold, "test", stats, window)
-    val = WindowData.from_fold(paths, fold, "val", stats, window)
+    test = WindowData.from_fold(paths, fold, "test", stats, config.window)
+    val = WindowData.from_fold(paths, fold, "val", stats, config.window)
     if len(test) == 0:
-        raise ValueError(f"fold {fold}: the test split has no windows of {window.class_set}")
+        raise ValueError(
+            f"fold {fold}: the test split has no windows of class set {config.window.class_set}"
+        )
     probs, y = predict_proba(model, test)
     val_probs, val_y = predict_proba(model, val)
     class_ids = list(ckpt["class_ids"])
@@ -155,25 +239,46 @@ def evaluate_fold_model(
         names = ", ".join(ACTIVITY_NAMES[a] for a in present)
         notes.append(
             f"test set holds {len(present)} of {len(class_ids)} classes ({names}); "
-            "macro F1 is over the classes present in labels or predictions"
+            "macro F1 is over the classes present in the test labels"
         )
-    out_dir = paths.evaluation_dir(fold, model_name)
+    val_subject = fold_lib.validation_subject(fold)
+    notes.append(
+        "validation (early stopping, best.pt, temperature) is within-subject"
+        if val_subject is None
+        else f"validation (early stopping, best.pt, temperature) is subject {val_subject}, "
+        "held out from train and test"
+    )
+    out_dir = paths.evaluation_dir(fold, model_name, protocol_id, seed)
     summary = write_evaluation_bundle(
         out_dir,
         y,
         probs,
         class_ids,
-        title=f"{fold} / {model_name}",
+        title=f"{fold} / {model_name} / {protocol_id} / seed {seed}",
         val_logits=np.log(np.clip(val_probs, 1e-12, 1.0)),
         val_y=val_y,
+        context={
+            "fold": fold,
+            "model": model_name,
+            "seed": seed,
+            "protocol": protocol.to_dict(),
+            "validation_subject": val_subject,
+            "notes": notes,
+        },
     )
     _, missing = check_bundle_complete(out_dir)
     calibration = summary["calibration"]
+    notes.append(calibration["temperature_note"])
     result: dict[str, Any] = {
         "summary": summary,
+        "protocol": protocol.to_dict(),
+        "seed": seed,
         "notes": notes,
         "ece_before": calibration["ece_before"],
         "ece_after": calibration.get("ece_after"),
+        "nll_before": calibration["nll_before"],
+        "nll_after": calibration.get("nll_after"),
+        "temperature": calibration.get("temperature"),
         "confusion_rows": pl.read_csv(out_dir / "confusion_matrix.csv").to_dicts(),
         "confusion_png": _png_data_uri(out_dir / "confusion_matrix.png"),
         "folder": str(out_dir),
@@ -185,11 +290,18 @@ def evaluate_fold_model(
         run_id = json.loads(record.read_text())["run_id"] if record.exists() else None
         if run_id is not None and not tracker.run_exists(run_id):
             run_id = None
-        with tracker.run(f"{fold}/{model_name}", tags or {}, run_id=run_id) as active_id:
+        run_tags = {**(tags or {}), "protocol_id": protocol_id, "seed": str(seed)}
+        name = _run_name(fold, model_name, protocol, seed)
+        with tracker.run(name, run_tags, run_id=run_id) as active_id:
             tracker.log_metrics(
                 {
                     f"test_{k}": summary[k]
                     for k in ("accuracy", "macro_f1", "weighted_f1", "balanced_accuracy")
+                }
+                | {
+                    f"test_{k}": calibration[k]
+                    for k in ("ece_before", "ece_after", "nll_before", "nll_after", "temperature")
+                    if calibration.get(k) is not None
                 }
             )
             tracker.log_artifacts(out_dir, artifact_path="evaluation")
@@ -202,20 +314,40 @@ def _png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def build_report(paths: DataPaths, tracker: MlflowTracker | None = None) -> dict[str, Any]:
-    """Collect every evaluation bundle's test metrics into the leaderboard files."""
-    records = []
-    for summary_path in sorted(paths.root.glob("evaluation/*/*/summary_metrics.json")):
+def collect_results(paths: DataPaths) -> list[Result]:
+    """Every evaluation bundle under `paths` as a leaderboard `Result`."""
+    results = []
+    pattern = "evaluation/*/*/*/seed-*/summary_metrics.json"
+    for summary_path in sorted(paths.root.glob(pattern)):
         summary = json.loads(summary_path.read_text())
-        records.append(
-            {
-                "fold": summary_path.parent.parent.name,
-                "model": summary_path.parent.name,
-                "macro_f1": summary["macro_f1"],
-                "accuracy": summary["accuracy"],
-            }
+        if "protocol" not in summary:
+            continue  # written before protocols were recorded: not comparable to anything
+        protocol = EvaluationProtocol.from_dict(summary["protocol"])
+        fold, model, seed = summary["fold"], summary["model"], int(summary["seed"])
+        y_true, y_pred = read_predictions(summary_path.parent / "predictions.parquet")
+        history = paths.model_dir(fold, model, protocol.id, seed) / "history.json"
+        val = json.loads(history.read_text())["best_metric"] if history.exists() else None
+        results.append(
+            Result(
+                model=model,
+                fold=fold,
+                protocol=protocol,
+                seed=seed,
+                y_true=y_true,
+                y_pred=y_pred,
+                macro_f1=summary["macro_f1"],
+                accuracy=summary["accuracy"],
+                val_macro_f1=val,
+                calibration=summary["calibration"],
+            )
         )
-    board = build_leaderboard(records)
+    return results
+
+
+def build_report(paths: DataPaths, tracker: MlflowTracker | None = None) -> dict[str, Any]:
+    """Collect every evaluation bundle into the leaderboard files, one section per protocol."""
+    results = collect_results(paths)
+    board = build_leaderboard(results)
     synthetic = paths.synthetic_marker.exists()
     title = "PAMAP2 leaderboard" + (" (synthetic data)" if synthetic else "")
     files = write_leaderboard(board, paths.reports, title)
@@ -229,7 +361,7 @@ def build_report(paths: DataPaths, tracker: MlflowTracker | None = None) -> dict
     return {
         "board": board,
         "markdown": markdown,
-        "n_records": len(records),
+        "n_records": len(results),
         "plot_data_uri": plot_uri,
         "folder": str(paths.reports),
         "mlflow_url": url,

@@ -1,8 +1,14 @@
 """Per subject x activity shards: parquet (all 56 fields) and float32 tensors of the model channels.
 
 One shard holds one subject's rows of one activity, in time order. Windows are cut inside a
-shard, so they never cross a subject or activity boundary. Each subject's tensor folder has an
-`index.json` listing its shards; fold building reads the indexes, never the tensors.
+shard, so they never cross a subject or activity boundary. An activity done in two stretches
+(stairs up, down, up again) has a time jump inside its shard, so a tensor shard also records
+its contiguous `segments` and windows are cut inside one segment. Each subject's tensor folder
+has an `index.json` listing its shards; fold building reads the indexes, never the tensors.
+
+Tensor shard format 2: `data` [R, C] float32, `channels`, `subject_id`, `activity_id`,
+`session`, `timestamp_start`, `format`, and `segments` [S, 2] int64 rows [start, end).
+A shard without `format` (format 1, written before segments existed) reads as one segment.
 """
 
 from __future__ import annotations
@@ -17,12 +23,24 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from ml_core.columns import ACTIVITY, MODEL_CHANNELS, SESSION, SUBJECT, TABLE_COLUMNS, TIMESTAMP
+from ml_core.columns import (
+    ACTIVITY,
+    MODEL_CHANNELS,
+    SAMPLE_RATE_HZ,
+    SESSION,
+    SUBJECT,
+    TABLE_COLUMNS,
+    TIMESTAMP,
+)
 from ml_core.io import PARQUET_COMPRESSION, atomic_path, load_torch, save_torch, write_json
 from ml_core.paths import DataPaths
 
 INDEX_NAME = "index.json"
 DEFAULT_MAX_FILE_BYTES = 20_000_000
+SHARD_FORMAT = 2
+# Timestamps step 0.01 s; a step above five sample periods is a time gap (rows of another
+# activity or a dropped stretch lie between), not jitter, so a window must not span it.
+MAX_CONTIGUOUS_STEP_S = 5 / SAMPLE_RATE_HZ
 
 
 @dataclass(frozen=True)
@@ -76,6 +94,14 @@ def _split_parquet(frame: pl.DataFrame, max_file_bytes: int) -> list[tuple[pl.Da
             )
         # Scale the part count by the overshoot, with 10 % headroom for per-file overhead.
         n_parts = max(n_parts + 1, math.ceil(n_parts * biggest / (0.9 * max_file_bytes)))
+
+
+def contiguous_segments(timestamps: np.ndarray) -> np.ndarray:
+    """[S, 2] int64 row ranges [start, end) of the stretches of sorted `timestamps` whose
+    consecutive steps are at most MAX_CONTIGUOUS_STEP_S."""
+    breaks = np.flatnonzero(np.diff(timestamps) > MAX_CONTIGUOUS_STEP_S) + 1
+    bounds = np.r_[0, breaks, timestamps.size].astype(np.int64)
+    return np.stack([bounds[:-1], bounds[1:]], axis=1)
 
 
 def _check_input(frame: pl.DataFrame, subject: int) -> None:
@@ -133,10 +159,13 @@ def write_activity_shards(
             )
 
         data = np.ascontiguousarray(part.select(MODEL_CHANNELS).to_numpy(), dtype=np.float32)
+        segments = contiguous_segments(part[TIMESTAMP].to_numpy())
         tensor_path = paths.tensor_shard(subject, activity)
         save_torch(
             {
+                "format": SHARD_FORMAT,
                 "data": torch.from_numpy(data),
+                "segments": torch.from_numpy(segments),
                 "channels": list(MODEL_CHANNELS),
                 "subject_id": subject,
                 "activity_id": activity,
@@ -154,6 +183,7 @@ def write_activity_shards(
                 "activity": activity,
                 "session": session,
                 "rows": part.height,
+                "segments": len(segments),
             }
         )
         report.shards.append(
@@ -161,6 +191,7 @@ def write_activity_shards(
                 "activity": activity,
                 "session": session,
                 "rows": part.height,
+                "segments": len(segments),
                 "parquet": parquet_files,
                 "tensor": rel_tensor,
             }

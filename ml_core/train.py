@@ -24,13 +24,15 @@ from sklearn.metrics import f1_score
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ml_core.columns import SAMPLE_RATE_HZ
 from ml_core.config import TrainConfig
 from ml_core.io import load_torch, save_torch, write_json
 from ml_core.losses import build_loss
 from ml_core.models import create_model, get_spec
 from ml_core.paths import DataPaths
+from ml_core.protocol import EvaluationProtocol
 from ml_core.stats import load_feature_stats
-from ml_core.windows import WindowData
+from ml_core.windows import WindowData, normaliser
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,11 @@ _RESUME_FREE = ("max_steps", "device")
 
 class TrainingDivergedError(RuntimeError):
     """The training loss or gradient norm became NaN or infinite."""
+
+
+def build_criterion(config: TrainConfig, counts: Tensor) -> nn.Module:
+    """The configured loss over train class `counts`, class-weighted as `config` says."""
+    return build_loss(config.loss, counts, config.focal_gamma, weighted=config.weighted_loss)
 
 
 @dataclass
@@ -114,7 +121,7 @@ def train_model(
     run = _Run(model_name, spec.kind, fold, config, train, val, out_dir, on_epoch)
     ckpt = run.resumable_checkpoint() if resume else None
     if spec.kind == "sklearn":
-        return _fit_sklearn(run, ckpt)
+        return _fit_sklearn(run, ckpt, stats)
     return _train_torch(run, ckpt)
 
 
@@ -204,6 +211,8 @@ class _Run:
             {
                 "model_name": self.model_name,
                 "fold": self.fold,
+                "protocol": EvaluationProtocol.of(self.config).to_dict(),
+                "seed": self.config.seed,
                 "best_metric": ckpt["best_metric"],
                 "best_epoch": ckpt["best_epoch"],
                 "stopped_early": ckpt["stopped_early"],
@@ -327,7 +336,7 @@ def _train_torch(run: _Run, ckpt: dict[str, Any] | None) -> TrainResult:
         run.model_name, train.n_classes, train.modality_channels, **cfg.model_overrides
     ).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    criterion = build_loss(cfg.loss, train.class_counts(), cfg.focal_gamma).to(device)
+    criterion = build_criterion(cfg, train.class_counts()).to(device)
     batch_size = min(cfg.batch_size, len(train))
     steps_per_epoch = len(train) // batch_size  # the short last batch is dropped
     total_steps = cfg.epochs * steps_per_epoch
@@ -456,8 +465,9 @@ def _pause(run: _Run, model: nn.Module, ckpt: dict[str, Any], started: float) ->
     return run.result(ckpt, history)
 
 
-def _fit_sklearn(run: _Run, ckpt: dict[str, Any] | None) -> TrainResult:
-    """Fit the baseline once on train-window features; the checkpoint is its exported trees."""
+def _fit_sklearn(run: _Run, ckpt: dict[str, Any] | None, stats: dict[str, Any]) -> TrainResult:
+    """Fit the baseline once on train-window features; the checkpoint is its exported trees.
+    The model is told the fold's normalisation, so it computes features in physical units."""
     if ckpt is not None and ckpt["finished"]:
         return run.result(ckpt, ckpt["history"])
     cfg, train = run.config, run.train
@@ -465,6 +475,8 @@ def _fit_sklearn(run: _Run, ckpt: dict[str, Any] | None) -> TrainResult:
     model = create_model(
         run.model_name, train.n_classes, train.modality_channels, **cfg.model_overrides
     )
+    mean, std = normaliser(stats, "feature stats")
+    model.set_units(mean, std, SAMPLE_RATE_HZ / cfg.window.decimate)
     features = np.concatenate(
         [model.features(b.x, b.present) for b in train.iter_batches(cfg.eval_batch_size)]
     )

@@ -56,7 +56,15 @@ def _check_shard(shard: Mapping[str, Any], r: ShardRange, file: Path, source: st
             )
 
 
-def _normaliser(stats: Mapping[str, Any], source: str) -> tuple[Tensor, Tensor]:
+def shard_segments(shard: Mapping[str, Any]) -> Tensor:
+    """A loaded tensor shard's contiguous segments [S, 2] (rows [start, end)); a format-1
+    shard, written before shards recorded them, is one segment."""
+    if "segments" in shard:
+        return shard["segments"]
+    return torch.tensor([[0, shard["data"].shape[0]]], dtype=torch.long)
+
+
+def normaliser(stats: Mapping[str, Any], source: str) -> tuple[Tensor, Tensor]:
     """Per-channel mean and std in MODEL_CHANNELS order; only the identity transform exists."""
     per_feature = stats["per_feature"]
     means, stds = [], []
@@ -121,36 +129,52 @@ class WindowData:
         source: str = "ranges",
     ) -> WindowData:
         """Load each range's rows once into a preallocated tensor; ranges outside the class set
-        are skipped unread."""
+        are skipped unread. A range is cut at its shard's time gaps into pieces, each decimated
+        from its own first row, and windows are cut inside one piece, never across a gap."""
         config = config or WindowConfig()
         class_index = {a: i for i, a in enumerate(config.class_ids)}
-        mean, std = _normaliser(stats, source)
+        mean, std = normaliser(stats, source)
         d = config.decimate
         selected = [r for r in ranges if r.activity in class_index]
-        lengths = torch.tensor([(r.end - r.start + d - 1) // d for r in selected], dtype=torch.long)
-        offsets = lengths.cumsum(0) - lengths
-        data = torch.empty(int(lengths.sum()), len(MODEL_CHANNELS))
-        cached_path: Path | None = None
-        shard: dict[str, Any] = {}
-        for r, offset, length in zip(selected, offsets.tolist(), lengths.tolist(), strict=True):
-            file = paths.root / r.path
-            if file != cached_path:  # manifests list a shard's ranges together
-                shard, cached_path = load_torch(file), file
-                _check_shard(shard, r, file, source)
+        # Mapped, not read: the first pass needs only the segments and the row counts.
+        shards: dict[str, dict[str, Any]] = {}
+        pieces: list[tuple[str, int, int]] = []  # (shard path, start, end) rows of one segment
+        piece_range: list[int] = []  # index into `selected` of each piece
+        for i, r in enumerate(selected):
+            if r.path not in shards:
+                file = paths.root / r.path
+                shards[r.path] = load_torch(file, mmap=True)
+                _check_shard(shards[r.path], r, file, source)
+            shard = shards[r.path]
             rows = shard["data"].shape[0]
             if r.end > rows:
                 raise ValueError(
                     f"{source}: range [{r.start}, {r.end}) of {r.path} outside its {rows} rows"
                 )
-            data[offset : offset + length] = shard["data"][r.start : r.end : d]
+            segments = shard_segments(shard)
+            lo = segments[:, 0].clamp(min=r.start)
+            hi = segments[:, 1].clamp(max=r.end)
+            for a, b in torch.stack([lo, hi], 1)[hi > lo].tolist():
+                pieces.append((r.path, a, b))
+                piece_range.append(i)
+        lengths = torch.tensor([(b - a + d - 1) // d for _, a, b in pieces], dtype=torch.long)
+        offsets = lengths.cumsum(0) - lengths
+        data = torch.empty(int(lengths.sum()), len(MODEL_CHANNELS))
+        for (path, a, b), offset, length in zip(
+            pieces, offsets.tolist(), lengths.tolist(), strict=True
+        ):
+            data[offset : offset + length] = shards[path]["data"][a:b:d]
+        del shards
 
-        # Windows per range, then every window's start row, all by tensor arithmetic.
-        per_range = ((lengths - config.window) // config.stride + 1).clamp(min=0)
-        first = per_range.cumsum(0) - per_range
-        within = torch.arange(int(per_range.sum())) - first.repeat_interleave(per_range)
-        starts = offsets.repeat_interleave(per_range) + within * config.stride
+        # Windows per piece, then every window's start row, all by tensor arithmetic.
+        per_piece = ((lengths - config.window) // config.stride + 1).clamp(min=0)
+        first = per_piece.cumsum(0) - per_piece
+        within = torch.arange(int(per_piece.sum())) - first.repeat_interleave(per_piece)
+        starts = offsets.repeat_interleave(per_piece) + within * config.stride
+        owner = torch.tensor(piece_range, dtype=torch.long)
         labels = torch.tensor([class_index[r.activity] for r in selected], dtype=torch.long)
         subjects = torch.tensor([r.subject for r in selected], dtype=torch.long)
+        labels, subjects = labels[owner], subjects[owner]
 
         data.sub_(mean).div_(std)
         observed = torch.isfinite(data)
@@ -161,8 +185,8 @@ class WindowData:
             data,
             present,
             starts,
-            labels.repeat_interleave(per_range),
-            subjects.repeat_interleave(per_range),
+            labels.repeat_interleave(per_piece),
+            subjects.repeat_interleave(per_piece),
             config,
         )
 

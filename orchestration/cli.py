@@ -109,6 +109,7 @@ def _demo(args: argparse.Namespace) -> int:
         folds=args.folds,
         scale=args.scale,
         force=args.force,
+        class_set=args.class_set,
     )
 
 
@@ -170,10 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--models",
         nargs="+",
-        choices=models,
+        choices=[*models, "all"],
         default=None,
         metavar="MODEL",
-        help=f"models to train (default feature_gbm temporal_cnn); one of: {', '.join(models)}",
+        help="models to train (default feature_gbm temporal_cnn; 'all': every registered one); "
+        f"one of: {', '.join(models)}",
     )
     demo.add_argument(
         "--folds",
@@ -185,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--scale", choices=["tiny", "demo", "full"], default="demo")
     demo.add_argument("--force", action="store_true", help="redo every step")
+    demo.add_argument(
+        "--class-set",
+        choices=["protocol12", "protocol11", "all18"],
+        default=None,
+        help="classes to train and evaluate on (default protocol12)",
+    )
     demo.set_defaults(func=_demo)
 
     ui = sub.add_parser(

@@ -36,9 +36,11 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "feature_stats": (f"{_DATA}:fold_feature_stats", "ml_core/stats.py"),
     "trained_model": (
         f"{_TRAIN}:train_fold_model",
-        f"{_TRAIN}:_log_torch_model",
+        f"{_TRAIN}:_train_one_seed",
+        f"{_TRAIN}:_log_serving_model",
         "ml_core/train.py",
         "ml_core/config.py",
+        "ml_core/protocol.py",
         "ml_core/losses.py",
         "ml_core/windows.py",
         "ml_core/serving.py",
@@ -46,10 +48,17 @@ SOURCES: dict[str, tuple[str, ...]] = {
     ),
     "evaluation_bundle": (
         f"{_TRAIN}:evaluate_fold_model",
+        f"{_TRAIN}:_evaluate_one_seed",
         "ml_core/evaluate.py",
         "ml_core/calibration.py",
     ),
-    "leaderboard": (f"{_TRAIN}:build_report", "ml_core/leaderboard.py"),
+    "leaderboard": (
+        f"{_TRAIN}:collect_results",
+        f"{_TRAIN}:build_report",
+        "ml_core/leaderboard.py",
+    ),
+    "activity_timeline": ("ml_core/timeline.py", "ml_core/serving.py"),
+    "inbox_timeline": ("ml_core/timeline.py", "ml_core/serving.py", "ml_core/ingest.py"),
 }
 
 CODE_VERSIONS: dict[str, str] = {
@@ -62,6 +71,8 @@ CODE_VERSIONS: dict[str, str] = {
     "trained_model": "1",
     "evaluation_bundle": "1",
     "leaderboard": "1",
+    "activity_timeline": "1",
+    "inbox_timeline": "1",
 }
 
 

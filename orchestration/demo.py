@@ -9,18 +9,22 @@ content, a bumped code version). `--force` redoes everything.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import warnings
 from collections.abc import Sequence, Sized
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import dagster as dg
 
 from ml_core.columns import SUBJECTS
 from ml_core.folds import FOLD_NAMES
+from ml_core.models import model_names
 from ml_core.paths import DataPaths
+from ml_core.protocol import EvaluationProtocol, read_latest_training
+from ml_core.train import TrainConfig
 from orchestration.staleness import PartitionKey, Staleness, observe_raw_files
 
 DEFAULT_DEMO_MODELS: list[str] = ["feature_gbm", "temporal_cnn"]
@@ -48,13 +52,14 @@ def _run(
     label: str,
     assets: Sequence[str],
     partition_key: str | dg.MultiPartitionKey | None = None,
+    run_config: dict | None = None,
 ) -> None:
     started = time.perf_counter()
     result = job.execute_in_process(
         instance=instance,
         partition_key=partition_key,
         asset_selection=[dg.AssetKey(a) for a in assets],
-        run_config=QUIET_CONSOLE,
+        run_config=run_config or QUIET_CONSOLE,
         raise_on_error=False,
     )
     wall = time.perf_counter() - started
@@ -85,12 +90,54 @@ def _to_redo(
     return list(chain) if force else staleness.to_redo(chain, partition)
 
 
+def _trained_under(paths: DataPaths, fold: str, model: str, protocol_id: str) -> bool:
+    """The latest training of fold x model is under `protocol_id` and has been evaluated."""
+    try:
+        latest = read_latest_training(paths.model_root(fold, model))
+    except FileNotFoundError:
+        return False
+    return latest.protocol_id == protocol_id and all(
+        (paths.evaluation_dir(fold, model, protocol_id, s) / "summary_metrics.json").exists()
+        for s in latest.seeds
+    )
+
+
+def print_evaluation_summary(board: dict) -> None:
+    """Per model, over its LOSO results: validation vs test macro F1 (how much checkpoint
+    choice on a held-out person overstates the test person) and test calibration before and
+    after temperature scaling."""
+    for section in board["protocols"]:
+        print(f"\nLOSO results under {section['protocol']['description']}:")
+        header = (
+            f"  {'model':<26}{'n':>3}  {'val F1':>7}  {'test F1':>7}  {'ECE before':>10}"
+            f"  {'ECE after':>9}  {'NLL before':>10}  {'NLL after':>9}  NLL +>10%  T applied"
+        )
+        print(header)
+        for row in section["rows"]:
+            c = row["calibration"]
+            if not c["n_results"]:
+                continue
+
+            def cell(key: str, width: int, c: dict = c) -> str:
+                value = c[key]
+                return f"{'–':>{width}}" if value is None else f"{value:>{width}.3f}"
+
+            print(
+                f"  {row['model']:<26}{c['n_results']:>3}  {cell('val_macro_f1_mean', 7)}  "
+                f"{cell('test_macro_f1_mean', 7)}  {cell('ece_before_mean', 10)}  "
+                f"{cell('ece_after_mean', 9)}  {cell('nll_before_mean', 10)}  "
+                f"{cell('nll_after_mean', 9)}  {c['n_nll_worse_10pct']:>9}  "
+                f"{c['n_temperature_applied']:>9}"
+            )
+
+
 def run_demo(
     data_root: Path,
     models: Sequence[str] | None = None,
     folds: Sequence[str] | None = None,
     scale: str = "demo",
     force: bool = False,
+    class_set: str | None = None,
 ) -> int:
     from ml_core.synthetic import write_dataset
     from orchestration.cli import where_to_look
@@ -107,6 +154,17 @@ def run_demo(
     )
     paths = DataPaths(data_root)
     models = list(models or DEFAULT_DEMO_MODELS)
+    if models == ["all"]:
+        models = model_names()
+    train_config = TrainConfig()
+    if class_set is not None:
+        train_config = replace(
+            train_config, window=replace(train_config.window, class_set=class_set)
+        )
+    protocol = EvaluationProtocol.of(train_config)
+    training_run_config = QUIET_CONSOLE | {
+        "ops": {"trained_model": {"config": {"class_set": train_config.window.class_set}}}
+    }
     folds = list(folds or FOLD_NAMES)
     synth_s = 0.0
     if not any(paths.dat_file("protocol", s).exists() for s in SUBJECTS):
@@ -147,19 +205,34 @@ def run_demo(
     _say_if_up_to_date(prepared)
 
     print(f"3/4 train and evaluate: {', '.join(models)} on {len(folds)} folds")
+    print(f"  {protocol.describe()}")
     staleness = Staleness(instance, definitions)
     trained = 0
     for fold in folds:
         for model in models:
             key = dg.MultiPartitionKey({"fold": fold, "model": model})
-            assets = _to_redo(staleness, TRAINING_CHAIN, key, force)
+            # Run config is not versioned: a model trained under another protocol is redone too.
+            assets = _to_redo(
+                staleness,
+                TRAINING_CHAIN,
+                key,
+                force or not _trained_under(paths, fold, model, protocol.id),
+            )
             if assets:
-                _run(training, instance, timing, f"{fold} x {model}", assets, key)
+                _run(
+                    training,
+                    instance,
+                    timing,
+                    f"{fold} x {model}",
+                    assets,
+                    key,
+                    run_config=training_run_config,
+                )
                 trained += 1
     _say_if_up_to_date(trained)
 
     print("4/4 leaderboard")
-    if _to_redo(Staleness(instance, definitions), ("leaderboard",), None, force):
+    if trained or _to_redo(Staleness(instance, definitions), ("leaderboard",), None, force):
         _run(report, instance, timing, "leaderboard", ["leaderboard"])
     else:
         _say_if_up_to_date(0)
@@ -167,6 +240,7 @@ def run_demo(
     total = time.perf_counter() - began
 
     print("\n" + board)
+    print_evaluation_summary(json.loads((paths.reports / "leaderboard.json").read_text()))
     orchestrated = total - synth_s  # wall time of everything but writing the synthetic files
     overhead = max(orchestrated - timing.step_s, 0.0)
     print(

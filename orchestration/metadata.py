@@ -1,5 +1,6 @@
 """Small helpers that turn step reports into readable asset metadata."""
 
+import base64
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -36,3 +37,8 @@ def files_version(files: Iterable[str | Path], root: str | Path) -> dg.DataVersi
     """A content hash of an asset's output files: rewriting the same output keeps the version,
     so nothing downstream turns stale."""
     return dg.DataVersion(files_digest((Path(f) for f in files), Path(root)))
+
+
+def png_data_uri(path: str | Path) -> str:
+    """A PNG inlined as a data URI, so the Dagster UI shows it as a markdown image."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()

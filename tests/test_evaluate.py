@@ -12,6 +12,8 @@ from matplotlib.image import imread
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score
 
 from ml_core.calibration import (
+    T_MAX,
+    T_MIN,
     expected_calibration_error,
     fit_temperature,
     nll_from_logits,
@@ -59,12 +61,16 @@ def test_classification_metrics_equal_sklearn(seed: int) -> None:
     m = classification_metrics(y_true, y_pred, K)
 
     assert m["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
-    assert m["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    present = np.unique(y_true)
+    # Over the classes present in the test labels: a predicted-only class (K - 2 here) is
+    # not averaged in as a zero.
+    expected = f1_score(y_true, y_pred, labels=present, average="macro")
+    assert m["macro_f1"] == pytest.approx(expected)
+    assert m["macro_f1"] > f1_score(y_true, y_pred, average="macro")
     assert m["weighted_f1"] == pytest.approx(f1_score(y_true, y_pred, average="weighted"))
     with pytest.warns(UserWarning, match="y_pred contains classes not in y_true"):
         expected_bacc = balanced_accuracy_score(y_true, y_pred)
     assert m["balanced_accuracy"] == pytest.approx(expected_bacc)
-    present = np.unique(y_true)
     expected_recall = recall_score(y_true, y_pred, labels=present, average=None)
     assert [m["per_class_recall"][i] for i in present] == pytest.approx(expected_recall)
     assert m["per_class_recall"][K - 1] is None and m["per_class_recall"][K - 2] is None
@@ -112,8 +118,10 @@ def test_temperature_scaling_recovers_scale_and_reduces_nll() -> None:
     rng = np.random.default_rng(1)
     val_logits, val_y = calibrated(rng, 5000, 6)
     overconfident = 2.0 * val_logits
-    temperature = fit_temperature(overconfident, val_y)
-    assert temperature == pytest.approx(2.0, rel=0.1)
+    fit = fit_temperature(overconfident, val_y)
+    temperature = fit.temperature
+    assert fit.applied and temperature == pytest.approx(2.0, rel=0.1)
+    assert fit.val_nll_after < fit.val_nll_before
     assert nll_from_logits(overconfident, val_y, temperature) < nll_from_logits(
         overconfident, val_y
     )
@@ -121,6 +129,30 @@ def test_temperature_scaling_recovers_scale_and_reduces_nll() -> None:
     best = nll_from_logits(overconfident, val_y, temperature)
     assert best <= nll_from_logits(overconfident, val_y, temperature * 1.05)
     assert best <= nll_from_logits(overconfident, val_y, temperature / 1.05)
+
+
+@pytest.mark.parametrize("scale", [0.05, 0.3, 1.0, 1.0001, 40.0])
+def test_temperature_scaling_never_worsens_validation_nll(scale: float) -> None:
+    rng = np.random.default_rng(4)
+    logits, y = calibrated(rng, 2000, 6)
+    fit = fit_temperature(scale * logits, y)
+    at_one = nll_from_logits(scale * logits, y)
+    assert fit.val_nll_before == pytest.approx(at_one)
+    assert nll_from_logits(scale * logits, y, fit.temperature) <= at_one
+    assert T_MIN <= fit.temperature <= T_MAX
+    if not fit.applied:
+        assert fit.temperature == 1.0 and "kept T = 1" in fit.note
+
+
+def test_fit_temperature_keeps_one_when_no_temperature_helps() -> None:
+    # Calibrated logits: T = 1 is the optimum, so no other temperature lowers NLL.
+    rng = np.random.default_rng(5)
+    logits, y = calibrated(rng, 4000, 6)
+    fit = fit_temperature(logits, y)
+    assert fit.temperature == pytest.approx(1.0, abs=0.05)
+    # Logits that are already far too soft would want T < T_MIN: clamped, never below.
+    soft = fit_temperature(0.05 * logits, y)
+    assert soft.applied and soft.temperature == pytest.approx(T_MIN, abs=1e-3)
 
 
 def test_fit_temperature_rejects_bad_labels() -> None:
@@ -173,7 +205,9 @@ def test_summary_metrics(bundle: tuple[Path, dict, np.ndarray]) -> None:
         assert 0.0 <= summary[key] <= 1.0
     cal = summary["calibration"]
     # The test probabilities were made overconfident ×2.5; scaling on val logits undoes it.
-    assert cal["temperature"] == pytest.approx(2.5, rel=0.2)
+    assert cal["temperature"] == pytest.approx(2.5, rel=0.2) and cal["temperature_applied"]
+    assert cal["val_nll_after"] < cal["val_nll_before"]
+    assert cal["measured_on"] == "test set"
     assert cal["nll_after"] < cal["nll_before"]
     assert cal["ece_after"] < cal["ece_before"]
 
@@ -239,7 +273,14 @@ def test_bundle_with_single_class_test_set(tmp_path: Path) -> None:
     assert roc["per_class"]["rope jumping"]["reason"] == "no negatives in y_true"
     pr = strict_json(tmp_path / "pr_curves.json")
     assert pr["per_class"]["lying"]["average_precision"] is None
-    assert pr["macro_average_precision"] == pytest.approx(1.0)
+    # With no negatives any ranking has precision 1: AP is null, not a perfect 1.0.
+    assert pr["per_class"]["rope jumping"]["average_precision"] is None
+    assert pr["per_class"]["rope jumping"]["reason"] == "no negatives in y_true"
+    assert pr["macro_average_precision"] is None
+    # Macro F1 is over the one class present, whatever wrong classes were predicted.
+    pred = probs.argmax(axis=1)
+    assert summary["macro_f1"] == pytest.approx(f1_score(y, pred, labels=[K - 1], average="macro"))
+    assert summary["macro_f1"] > f1_score(y, pred, average="macro")  # the old union average
     for name in BUNDLE_FILES:
         if name.endswith(".json"):
             strict_json(tmp_path / name)

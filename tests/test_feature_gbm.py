@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 import torch
 from sklearn.ensemble import HistGradientBoostingClassifier
 from threadpoolctl import threadpool_limits
 
+from ml_core import pipeline
 from ml_core.columns import AXES, MODALITIES
+from ml_core.folds import read_manifest
 from ml_core.io import load_torch, save_torch
 from ml_core.models import create_model
 from ml_core.models.feature_gbm import (
-    STATISTICS,
+    BASIC,
+    MOTION,
     FeatureGBM,
     FeatureGBMConfig,
     boosting_threads,
 )
-from ml_core.train import TrainConfig, load_trained_model, train_model
+from ml_core.serving import SensorWindowClassifier
+from ml_core.stats import load_feature_stats
+from ml_core.train import TrainConfig, load_trained_model, predict_proba, train_model
+from ml_core.windows import WindowData
 from tests.test_windows import make_signal_fold
 
 CHANNELS = {"imu_hand": 3, "heart_rate": 1}
@@ -52,20 +60,28 @@ def windows(n: int, t: int, seed: int, hand: int = 3) -> tuple[dict, dict, torch
     return {"imu_hand": hand, "heart_rate": hr}, present, y
 
 
-def naive_features(x: np.ndarray, present: np.ndarray, norms: list[list[int]]) -> np.ndarray:
-    """One window, one channel at a time, with plain numpy; then the norms of `norms` triples."""
+def naive_features(x: np.ndarray, present: np.ndarray, motion: bool, rate: float) -> np.ndarray:
+    """One window of a generic layout, one channel at a time, with plain numpy."""
     x = x.astype(np.float64)
-    channels = [x[:, c] for c in range(x.shape[1])] + [
-        np.linalg.norm(x[:, i], axis=1) for i in norms
-    ]
-    out = []
-    for channel in channels:
+    basic, extra = [], []
+    for channel in x.T:
         v = channel[present]
+        q = np.percentile(v, [10, 25, 50, 75, 90])
+        basic += [v.mean(), v.std(), v.min(), v.max(), *q, q[3] - q[1]]
+        if not motion:
+            continue
         centred = np.where(present, channel - v.mean(), 0.0)
-        spectrum = np.abs(np.fft.rfft(centred))[1:]
-        freq = (np.argmax(spectrum) + 1) / len(x)
-        out += [v.mean(), v.std(), v.min(), v.max(), freq]
-    return np.array(out)
+        pairs = present[1:] & present[:-1]
+        crossing = (pairs & (centred[1:] * centred[:-1] < 0)).sum() / pairs.sum() * rate
+        jerk = np.sqrt((np.diff(channel)[pairs] ** 2).mean()) * rate
+        power = np.abs(np.fft.rfft(centred))[1:] ** 2
+        hz = np.arange(1, power.size + 1) * rate / len(channel)
+        share = power / power.sum()
+        edges = [0.0, 0.5, 1.5, 3.0, 6.0, 12.0, np.inf]
+        bands = [share[(hz > lo) & (hz <= hi)].sum() for lo, hi in itertools.pairwise(edges)]
+        entropy = -(share * np.log(share)).sum() / np.log(power.size)
+        extra += [crossing, jerk, *bands, entropy, hz[np.argmax(power)]]
+    return np.array(basic + extra)
 
 
 def test_features_match_a_naive_numpy_computation() -> None:
@@ -74,33 +90,64 @@ def test_features_match_a_naive_numpy_computation() -> None:
     present["imu_hand"][2] = False  # hand absent for the whole window
     model = FeatureGBM(FeatureGBMConfig(), 3, CHANNELS)
     features = model.features(x, present)
-    assert features.shape == (4, 4 * len(STATISTICS)) == (4, len(model.feature_names()))
+    n_hand = 3 * (len(BASIC) + len(MOTION))
+    assert features.shape == (4, n_hand + len(BASIC)) == (4, len(model.feature_names()))
     assert model.feature_names()[:2] == ["imu_hand_0_mean", "imu_hand_0_std"]
     for w in (0, 1, 3):
         expected = np.concatenate(
-            [naive_features(x[m][w].numpy(), present[m][w].numpy(), []) for m in CHANNELS]
+            [
+                naive_features(x[m][w].numpy(), present[m][w].numpy(), m == "imu_hand", 100.0)
+                for m in CHANNELS
+            ]
         )
         np.testing.assert_allclose(features[w], expected, rtol=1e-4, atol=1e-4)
-    hand_block = features[2, : 3 * len(STATISTICS)]
-    assert np.isnan(hand_block).all() and np.isfinite(features[2, 3 * len(STATISTICS) :]).all()
+    assert np.isnan(features[2, :n_hand]).all() and np.isfinite(features[2, n_hand:]).all()
 
 
-def test_real_imu_layout_adds_accelerometer_and_gyroscope_norms() -> None:
-    x, present, _ = windows(3, 64, seed=5, hand=len(HAND))
+def _rotation(seed: int) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(seed)))
+    return q * torch.sign(torch.linalg.det(q))
+
+
+def test_real_imu_features_are_physical_and_magnitudes_orientation_invariant() -> None:
+    x, present, _ = windows(3, 128, seed=5, hand=len(HAND))
     present["imu_hand"][1, 5:20] = False
-    model = FeatureGBM(FeatureGBMConfig(), 3, {"imu_hand": len(HAND), "heart_rate": 1})
-    names = model.feature_names()
-    first_norm = len(HAND) * len(STATISTICS)
-    assert names[len(STATISTICS)] == "hand_acc16_y_mean"
-    assert names[first_norm] == "hand_acc16_norm_mean"
-    assert names[first_norm + len(STATISTICS)] == "hand_gyro_norm_mean"
-    triples = [[HAND.index(f"hand_{sensor}_{a}") for a in AXES] for sensor in ("acc16", "gyro")]
-    features = model.features(x, present)
-    assert features.shape == (3, (len(HAND) + 2 + 1) * len(STATISTICS)) == (3, len(names))
-    for w in range(3):
-        hand = naive_features(x["imu_hand"][w].numpy(), present["imu_hand"][w].numpy(), triples)
-        hr = naive_features(x["heart_rate"][w].numpy(), present["heart_rate"][w].numpy(), [])
-        np.testing.assert_allclose(features[w], np.concatenate([hand, hr]), rtol=1e-4, atol=1e-4)
+    x["imu_hand"] = x["imu_hand"] * 3.0 + torch.tensor([0.0, 9.8, 0.0] + [0.0] * 7)  # gravity
+    channels = {"imu_hand": len(HAND), "heart_rate": 1}
+    physical = FeatureGBM(FeatureGBMConfig(), 3, channels)
+    names = physical.feature_names()
+    for name in ("hand_acc16_norm_p90", "hand_acc16_vertical_dominant_hz", "hand_gyro_norm_jerk"):
+        assert name in names
+    assert "hand_acc16_x__hand_acc16_y_corr" in names and "hand_mag_x_crossing_rate" not in names
+    reference = physical.features(x, present)
+    assert reference.shape == (3, len(names))
+
+    # The same windows normalised with a fold's statistics: the model inverts them.
+    mean, std = torch.randn(len(HAND) + 1), torch.rand(len(HAND) + 1) + 0.5
+    normalised = {
+        "imu_hand": (x["imu_hand"] - mean[:-1]) / std[:-1],
+        "heart_rate": (x["heart_rate"] - mean[-1:]) / std[-1:],
+    }
+    model = FeatureGBM(FeatureGBMConfig(), 3, channels)
+    model.set_units(mean, std, 100.0)
+    np.testing.assert_allclose(model.features(normalised, present), reference, rtol=1e-4, atol=1e-3)
+
+    # Turning the sensor (every 3-axis sensor by one rotation) leaves the magnitudes alone.
+    turn = _rotation(7)
+    turned = x["imu_hand"].clone()
+    for sensor in ("acc16", "gyro", "mag"):
+        idx = [HAND.index(f"hand_{sensor}_{a}") for a in AXES]
+        turned[..., idx] = x["imu_hand"][..., idx] @ turn.T
+    rotated = physical.features({**x, "imu_hand": turned}, present)
+    invariant = [
+        i
+        for i, n in enumerate(names)
+        if any(k in n for k in ("_norm_", "_vertical_", "_horizontal_", "temperature"))
+    ]
+    assert len(invariant) > 60
+    np.testing.assert_allclose(rotated[:, invariant], reference[:, invariant], rtol=1e-3, atol=1e-3)
+    axis = names.index("hand_acc16_x_mean")
+    assert not np.allclose(rotated[:, axis], reference[:, axis], atol=1e-2)
 
 
 def test_learns_and_exported_trees_reproduce_sklearn_exactly() -> None:
@@ -179,3 +226,39 @@ def test_train_model_fits_the_baseline_and_saves_a_loadable_checkpoint(tmp_path:
     assert ckpt["model_kind"] == "sklearn" and ckpt["model_overrides"] == {"max_iter": 20}
     model, _ = load_trained_model(result.best_path)
     assert isinstance(model, FeatureGBM) and model.n_iterations == 20
+
+
+def test_logged_mlflow_model_predicts_like_the_checkpoint(tmp_path: Path) -> None:
+    """feature_gbm goes to MLflow as a torch.export program (no pickle) that takes raw rows."""
+    paths = make_signal_fold(tmp_path / "data")
+    config = TrainConfig(window={"window": 32, "stride": 16}, model_overrides={"max_iter": 20})
+    result = train_model("feature_gbm", paths, "toy", config, tmp_path / "out")
+    model, _ = load_trained_model(result.best_path)
+    stats = load_feature_stats(paths.feature_stats("toy"))
+    val = WindowData.from_fold(paths, "toy", "val", stats, config.window)
+    probs, _ = predict_proba(model, val)
+    # The torch form computes the same features and walks the same trees.
+    batch = val.batch(torch.arange(len(val)))
+    module_probs = torch.softmax(model.as_module()(batch.x, batch.present).double(), 1).numpy()
+    np.testing.assert_allclose(module_probs, probs, atol=1e-6)
+
+    raw = torch.stack(
+        [
+            load_torch(paths.root / r.path)["data"][start : start + 32]
+            for r in read_manifest(paths.manifest("toy", "val"))
+            for start in range(r.start, r.end - 32 + 1, 16)
+        ]
+    )
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("feature_gbm")
+    with mlflow.start_run():
+        pipeline._log_serving_model(result.best_path, stats, config)
+    logged = mlflow.last_logged_model()
+    assert logged is not None
+    served = mlflow.pytorch.load_model(logged.model_uri)
+    with torch.no_grad():
+        expected = SensorWindowClassifier(model.as_module(), stats)(raw).numpy()
+        got = served(raw).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    # Raw rows (heart rate smoothed as imputation would) agree with the evaluation path.
+    assert (got.argmax(1) == probs.argmax(1)).mean() >= 0.9

@@ -16,9 +16,11 @@ from ml_core.folds import (
     check_stratified_coverage,
     check_subject_disjoint,
     load_shard_index,
+    loso_validation_subject,
     read_fold,
     read_manifest,
     summarize_fold,
+    validation_subject,
     write_manifests,
 )
 from ml_core.io import write_json
@@ -117,28 +119,45 @@ def test_holdout_validates_on_105_and_tests_on_106():
 
 
 @pytest.mark.parametrize("subject", SUBJECTS)
-def test_loso_holds_out_one_subject_and_validates_on_the_last_15_percent(subject):
+def test_loso_validates_on_a_person_disjoint_from_train_and_test(subject):
     shards = all_subjects()
     fold = f"loso-{subject}"
     ranges = build_fold(fold, shards, window=W)
-    assert {r.subject for r in ranges["test"]} == {subject}
-    assert sum(r.rows for r in ranges["test"]) == sum(
-        s.rows for s in shards if s.subject == subject
-    )
-    assert check_subject_disjoint(ranges)[0]  # val is the tail of training shards: allowed
-    assert subject not in {r.subject for split in ("train", "val") for r in ranges[split]}
-    for s in shards:
-        if s.subject == subject or s.rows < 2 * W:
-            continue
-        (train,) = [r for r in ranges["train"] if r.path == s.path]
-        (val,) = [r for r in ranges["val"] if r.path == s.path]
-        usable = s.rows - W
-        assert (train.start, train.end) == (0, round(0.85 * usable))
-        assert (val.start, val.end) == (train.end + W, s.rows)
-    assert check_no_overlap(ranges)[0]
+    subjects = {split: {r.subject for r in ranges[split]} for split in SPLITS}
+    assert subjects["test"] == {subject}
+    assert subjects["val"] == {loso_validation_subject(subject)} == {validation_subject(fold)}
+    assert subjects["val"].isdisjoint(subjects["train"] | subjects["test"])
+    assert subject not in subjects["train"] and 109 not in subjects["val"]
+    # Whole shards: every row of every subject is used exactly once.
+    assert all(r.start == 0 for split in SPLITS for r in ranges[split])
+    assert sum(r.rows for split in SPLITS for r in ranges[split]) == sum(s.rows for s in shards)
+    assert check_subject_disjoint(ranges)[0] and check_no_overlap(ranges)[0]
     leaky = dict(ranges, train=ranges["train"] + ranges["test"][:1])
     passed, message = check_subject_disjoint(leaky)
     assert not passed and f"train/test: [{subject}]" in message
+    # The old protocol, validation cut from the tail of the training people's shards, fails.
+    val_from_train = dict(ranges, val=ranges["val"] + ranges["train"][:1])
+    assert not check_subject_disjoint(val_from_train)[0]
+
+
+def test_validation_rotation_is_fixed_and_covers_101_to_108_once():
+    rotation = {s: loso_validation_subject(s) for s in SUBJECTS}
+    assert rotation == {
+        101: 102,
+        102: 103,
+        103: 104,
+        104: 105,
+        105: 106,
+        106: 107,
+        107: 108,
+        108: 101,
+        109: 101,
+    }
+    assert sorted(rotation[s] for s in SUBJECTS if s != 109) == list(range(101, 109))
+    assert validation_subject("holdout-106") == 105
+    assert validation_subject("stratified") is None
+    notes = summarize_fold("stratified", build_fold("stratified", all_subjects(), W), W).notes
+    assert any("validation is within-subject" in n for n in notes)
 
 
 def test_loso_109_with_rope_jumping_only_builds_and_says_so(tmp_path):

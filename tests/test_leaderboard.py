@@ -1,4 +1,4 @@
-"""Leaderboard aggregation over folds, its markdown table, plot and files."""
+"""Leaderboard: protocols kept apart, honest LOSO aggregation, ranking only among equals."""
 
 from __future__ import annotations
 
@@ -8,124 +8,214 @@ from pathlib import Path
 import numpy as np
 import pytest
 from matplotlib.image import imread
+from scipy.stats import wilcoxon
+from sklearn.metrics import f1_score
 
+from ml_core.columns import PROTOCOL_ACTIVITIES
 from ml_core.leaderboard import (
     MISSING,
-    STD_DDOF,
+    Result,
     build_leaderboard,
     leaderboard_markdown,
-    leaderboard_plot,
+    pooled_loso,
     write_leaderboard,
 )
+from ml_core.protocol import EvaluationProtocol
 
 LOSO = [f"loso-{s}" for s in range(101, 110)]
+ALL_FOLDS = ["stratified", "holdout-106", *LOSO]
+PROTOCOL = EvaluationProtocol(256, 128, 1, "protocol12", "weighted_ce", 6)
+OTHER = EvaluationProtocol(128, 64, 2, "protocol11", "weighted_ce", 6)
 
 
-def records_for(model: str, folds: list[str], rng: np.random.Generator) -> list[dict]:
-    return [
-        {
-            "fold": f,
-            "model": model,
-            "macro_f1": float(rng.uniform(0.4, 0.95)),
-            "accuracy": float(rng.uniform(0.5, 0.99)),
-        }
-        for f in folds
-    ]
+def result(
+    model: str,
+    fold: str,
+    skill: float,
+    rng: np.random.Generator,
+    seed: int = 0,
+    protocol: EvaluationProtocol = PROTOCOL,
+) -> Result:
+    """A fold's predictions: correct with probability `skill`, else a random class."""
+    classes = np.array([24]) if fold == "loso-109" else np.array(PROTOCOL_ACTIVITIES[:-1])
+    y = rng.choice(classes, size=60)
+    wrong = rng.choice(PROTOCOL_ACTIVITIES, size=60)
+    pred = np.where(rng.random(60) < skill, y, wrong)
+    present = np.unique(y)
+    return Result(
+        model=model,
+        fold=fold,
+        protocol=protocol,
+        seed=seed,
+        y_true=y,
+        y_pred=pred,
+        macro_f1=float(f1_score(y, pred, labels=present, average="macro")),
+        accuracy=float((y == pred).mean()),
+        val_macro_f1=0.9,
+        calibration={"ece_before": 0.2, "ece_after": 0.1, "nll_before": 1.0, "nll_after": 0.9},
+    )
 
 
-@pytest.fixture
-def records() -> list[dict]:
+def section(board: dict, protocol: EvaluationProtocol = PROTOCOL) -> dict:
+    return next(s for s in board["protocols"] if s["protocol"]["id"] == protocol.id)
+
+
+def entry(board: dict, model: str, protocol: EvaluationProtocol = PROTOCOL) -> dict:
+    return next(e for e in section(board, protocol)["rows"] if e["model"] == model)
+
+
+def test_loso_109_is_apart_from_the_mean_but_in_the_pooled_result() -> None:
     rng = np.random.default_rng(0)
-    return [
-        *records_for("lstm", ["stratified", "holdout-106", *LOSO], rng),
-        *records_for("temporal_cnn", ["stratified", *LOSO[:4]], rng),
-        *records_for("feature_gbm", ["stratified", "holdout-106"], rng),
-        *records_for("early_fusion", ["holdout-106", LOSO[0]], rng),
+    without = [result("lstm", f, 0.6, rng) for f in LOSO[:-1]]
+    perfect_109 = result("lstm", "loso-109", 1.0, rng)
+    assert perfect_109.macro_f1 == 1.0
+    before = entry(build_leaderboard(without), "lstm")
+    after = entry(build_leaderboard([*without, perfect_109]), "lstm")
+    assert after["loso"]["macro_f1_mean"] == before["loso"]["macro_f1_mean"]
+    assert after["loso"]["macro_f1_std"] == before["loso"]["macro_f1_std"]
+    assert after["loso"]["macro_f1_mean"] == pytest.approx(np.mean([r.macro_f1 for r in without]))
+    assert after["apart"]["loso-109"]["macro_f1"] == 1.0
+    assert after["pooled_loso"]["n_windows"] == before["pooled_loso"]["n_windows"] + 60
+    assert "loso-109" in after["pooled_loso"]["folds"]
+
+
+def test_pooled_loso_equals_sklearn_on_concatenated_predictions() -> None:
+    rng = np.random.default_rng(1)
+    results = [result("cnn", f, 0.7, rng) for f in LOSO]
+    pooled = pooled_loso(results)
+    y = np.concatenate([r.y_true for r in results])
+    pred = np.concatenate([r.y_pred for r in results])
+    expected = f1_score(y, pred, labels=np.unique(y), average="macro")
+    assert pooled["macro_f1"] == pytest.approx(expected)
+    assert pooled["accuracy"] == pytest.approx((y == pred).mean())
+    assert pooled["ci_low"] <= pooled["macro_f1"] <= pooled["ci_high"]
+    assert pooled["ci_high"] - pooled["ci_low"] > 0.0
+    assert pooled_loso(results) == pooled  # the bootstrap is seeded: same CI every time
+
+
+def test_bootstrap_resamples_subjects_not_windows() -> None:
+    # Every fold identical: resampling people changes nothing, so the CI has no width,
+    # however many (overlapping) windows each person contributes.
+    rng = np.random.default_rng(2)
+    one = result("cnn", "loso-101", 0.7, rng)
+    same = [
+        Result(one.model, f, PROTOCOL, 0, one.y_true, one.y_pred, one.macro_f1, one.accuracy)
+        for f in LOSO[:-1]
     ]
+    pooled = pooled_loso(same)
+    assert pooled["ci_low"] == pytest.approx(pooled["macro_f1"])
+    assert pooled["ci_high"] == pytest.approx(pooled["macro_f1"])
 
 
-def row(board: dict, model: str) -> dict:
-    return next(r for r in board["rows"] if r["model"] == model)
+def test_incomplete_entry_is_never_ranked_above_a_complete_one() -> None:
+    rng = np.random.default_rng(3)
+    results = [result("weak_complete", f, 0.4, rng) for f in ALL_FOLDS]
+    results += [result("strong_partial", "loso-101", 1.0, rng)]
+    section_ = section(build_leaderboard(results))
+    assert [e["model"] for e in section_["rows"]] == ["weak_complete", "strong_partial"]
+    weak, strong = section_["rows"]
+    assert weak["rank"] == 1 and weak["complete"]
+    assert strong["rank"] is None and not strong["complete"]
+    assert "loso-102" in strong["missing_folds"] and "stratified" in strong["missing_folds"]
+    text = leaderboard_markdown(build_leaderboard(results), "t")
+    row = next(line for line in text.splitlines() if "| strong_partial |" in line)
+    assert row.startswith(f"| {MISSING} |") and "incomplete: no stratified" in row
 
 
-def test_loso_mean_std_equal_numpy(records: list[dict]) -> None:
-    board = build_leaderboard(records)
-    for model in ("lstm", "temporal_cnn"):
-        mine = [r for r in records if r["model"] == model and r["fold"].startswith("loso-")]
-        loso = row(board, model)["loso"]
-        assert loso["n_folds"] == len(mine)
-        for key in ("macro_f1", "accuracy"):
-            values = np.array([r[key] for r in mine])
-            assert loso[f"{key}_mean"] == pytest.approx(values.mean())
-            assert loso[f"{key}_std"] == pytest.approx(values.std(ddof=STD_DDOF))
-    assert STD_DDOF == 1
-    # One fold: no spread to estimate.
-    assert row(board, "early_fusion")["loso"]["macro_f1_std"] is None
+def test_complete_entries_rank_by_pooled_loso_with_paired_wilcoxon() -> None:
+    rng = np.random.default_rng(4)
+    results = [result("good", f, 0.9, rng) for f in ALL_FOLDS]
+    results += [result("fair", f, 0.5, rng) for f in ALL_FOLDS]
+    board = build_leaderboard(results)
+    good, fair = section(board)["rows"]
+    assert (good["model"], good["rank"], fair["rank"]) == ("good", 1, 2)
+    assert good["pooled_loso"]["macro_f1"] > fair["pooled_loso"]["macro_f1"]
+    shared = [f for f in LOSO if f != "loso-109"]
+    diffs = [fair["per_fold"][f]["macro_f1"] - good["per_fold"][f]["macro_f1"] for f in shared]
+    assert fair["vs_best"]["n_folds"] == 8
+    assert fair["vs_best"]["p_value"] == pytest.approx(wilcoxon(diffs).pvalue)
+    assert fair["vs_best"]["mean_difference"] == pytest.approx(np.mean(diffs))
+    assert good["vs_best"]["note"] == "the best entry"
 
 
-def test_order_gap_and_missing_protocols(records: list[dict]) -> None:
-    board = build_leaderboard(records)
-    models = [r["model"] for r in board["rows"]]
-    with_loso = [r for r in board["rows"] if r["loso"] is not None]
-    means = [r["loso"]["macro_f1_mean"] for r in with_loso]
-    assert means == sorted(means, reverse=True)
-    assert models[-1] == "feature_gbm"  # no LOSO results: last
-    assert row(board, "feature_gbm")["loso"] is None
-    assert row(board, "temporal_cnn")["holdout-106"] is None
-    lstm = row(board, "lstm")
-    strat = next(r for r in records if r["model"] == "lstm" and r["fold"] == "stratified")
-    assert lstm["gap_macro_f1"] == pytest.approx(strat["macro_f1"] - lstm["loso"]["macro_f1_mean"])
-    assert row(board, "early_fusion")["gap_macro_f1"] is None  # no stratified result
+def test_seeds_are_replicates_and_show_their_spread() -> None:
+    rng = np.random.default_rng(5)
+    results = [result("lstm", f, 0.6, rng, seed=s) for s in (0, 1) for f in ALL_FOLDS]
+    e = entry(build_leaderboard(results), "lstm")
+    assert e["seeds"] == [0, 1] and e["complete"] and e["rank"] == 1
+    per_fold = [r.macro_f1 for r in results if r.fold == "loso-101"]
+    assert e["per_fold"]["loso-101"]["macro_f1"] == pytest.approx(np.mean(per_fold))
+    by_seed = e["pooled_loso"]["macro_f1_by_seed"]
+    for seed in (0, 1):
+        mine = [r for r in results if r.seed == seed and r.fold.startswith("loso-")]
+        y = np.concatenate([r.y_true for r in mine])
+        pred = np.concatenate([r.y_pred for r in mine])
+        assert by_seed[seed] == pytest.approx(
+            f1_score(y, pred, labels=np.unique(y), average="macro")
+        )
+    text = leaderboard_markdown(build_leaderboard(results), "t")
+    low, high = min(by_seed.values()), max(by_seed.values())
+    assert f"{low:.3f}–{high:.3f}" in text
 
 
-def test_markdown_table(records: list[dict]) -> None:
-    board = build_leaderboard(records)
-    text = leaderboard_markdown(board, "PAMAP2 leaderboard")
-    lines = text.splitlines()
-    assert lines[0] == "# PAMAP2 leaderboard"
-    assert "LOSO macro F1 (mean ± std, n folds)" in lines[2]
-    assert "ddof=1" in text
-    table = [line for line in lines if line.startswith("| ") and line[2].isdigit()]
-    assert [line.split(" | ")[1] for line in table] == [r["model"] for r in board["rows"]]
-    gbm = next(line for line in table if "feature_gbm" in line)
-    assert gbm.split(" | ")[2] == MISSING  # LOSO cell
-    lstm_loso = row(board, "lstm")["loso"]
-    expected = f"{lstm_loso['macro_f1_mean']:.3f} ± {lstm_loso['macro_f1_std']:.3f} (n=9)"
-    assert expected in next(line for line in table if "| lstm |" in line)
-    early = next(line for line in table if "early_fusion" in line)
-    assert f"± {MISSING} (n=1)" in early
+def test_protocols_never_share_a_row() -> None:
+    rng = np.random.default_rng(6)
+    results = [result("lstm", f, 0.6, rng) for f in ALL_FOLDS]
+    results += [result("lstm", f, 0.8, rng, protocol=OTHER) for f in ALL_FOLDS[:3]]
+    board = build_leaderboard(results)
+    assert [s["protocol"]["id"] for s in board["protocols"]] == [PROTOCOL.id, OTHER.id]
+    assert entry(board, "lstm")["folds"] == ALL_FOLDS
+    assert entry(board, "lstm", OTHER)["folds"] == ALL_FOLDS[:3]
+    text = leaderboard_markdown(board, "t")
+    assert PROTOCOL.describe() in text and OTHER.describe() in text
+    assert "2.56 s" in PROTOCOL.describe() and "50 Hz" in OTHER.describe()
 
 
-def test_invalid_records_are_rejected() -> None:
-    good = {"fold": "stratified", "model": "lstm", "macro_f1": 0.8, "accuracy": 0.9}
-    with pytest.raises(ValueError, match="record 1: duplicate result for lstm on stratified"):
-        build_leaderboard([good, dict(good)])
-    with pytest.raises(ValueError, match="record 0: field 'fold'"):
-        build_leaderboard([{**good, "fold": "loso-110"}])
-    with pytest.raises(ValueError, match="record 0: missing field 'accuracy'"):
-        build_leaderboard([{k: v for k, v in good.items() if k != "accuracy"}])
-    with pytest.raises(ValueError, match="record 0: field 'macro_f1'"):
-        build_leaderboard([{**good, "macro_f1": float("nan")}])
+def test_protocol_id_changes_with_every_field_but_not_the_seed() -> None:
+    ids = {
+        PROTOCOL.id,
+        EvaluationProtocol(512, 128, 1, "protocol12", "weighted_ce", 6).id,
+        EvaluationProtocol(256, 64, 1, "protocol12", "weighted_ce", 6).id,
+        EvaluationProtocol(256, 128, 2, "protocol12", "weighted_ce", 6).id,
+        EvaluationProtocol(256, 128, 1, "protocol11", "weighted_ce", 6).id,
+        EvaluationProtocol(256, 128, 1, "protocol12", "focal", 6).id,
+        EvaluationProtocol(256, 128, 1, "protocol12", "weighted_ce", 7).id,
+    }
+    assert len(ids) == 7
+    assert EvaluationProtocol.from_dict(PROTOCOL.to_dict()) == PROTOCOL
+    with pytest.raises(ValueError, match="does not match its fields"):
+        EvaluationProtocol.from_dict({**PROTOCOL.to_dict(), "epochs": 9})
 
 
-def test_write_leaderboard_files(records: list[dict], tmp_path: Path) -> None:
-    board = build_leaderboard(records)
+def test_invalid_results_are_rejected() -> None:
+    rng = np.random.default_rng(7)
+    good = result("lstm", "stratified", 0.7, rng)
+    with pytest.raises(ValueError, match="duplicate result for lstm on stratified with seed 0"):
+        build_leaderboard([good, good])
+    with pytest.raises(ValueError, match="field 'fold' is 'loso-110'"):
+        result("lstm", "loso-110", 0.7, rng)
+    with pytest.raises(ValueError, match="field 'macro_f1' is nan"):
+        Result("lstm", "stratified", PROTOCOL, 0, good.y_true, good.y_pred, float("nan"), 0.5)
+
+
+def test_write_leaderboard_files(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    results = [result(m, f, q, rng) for m, q in (("a", 0.8), ("b", 0.5)) for f in ALL_FOLDS]
+    board = build_leaderboard(results)
     paths = write_leaderboard(board, tmp_path, "PAMAP2 leaderboard")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "leaderboard.json",
-        "leaderboard.md",
-        "leaderboard.png",
-    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["leaderboard.json", "leaderboard.md", "leaderboard.png", f"leaderboard_{PROTOCOL.id}.png"]
+    )
     saved = json.loads(paths["json"].read_text())
-    assert saved["rows"] == board["rows"]
-    assert paths["markdown"].read_text() == leaderboard_markdown(board, "PAMAP2 leaderboard")
+    assert [r["model"] for r in saved["protocols"][0]["rows"]] == ["a", "b"]
+    assert saved["protocols"][0]["protocol"]["id"] == PROTOCOL.id
     image = imread(paths["plot"])
-    assert image.shape[0] >= 400 and image.shape[1] >= 600
-    assert image.std() > 0.01
+    assert image.shape[0] >= 400 and image.shape[1] >= 600 and image.std() > 0.01
 
 
 def test_empty_leaderboard_renders(tmp_path: Path) -> None:
     board = build_leaderboard([])
-    assert board["rows"] == []
-    assert MISSING in leaderboard_markdown(board, "empty")
-    assert imread(leaderboard_plot(board, tmp_path / "empty.png", "empty")).shape[0] > 0
+    assert board["protocols"] == []
+    assert "No evaluated models yet" in leaderboard_markdown(board, "empty")
+    files = write_leaderboard(board, tmp_path, "empty")
+    assert imread(files["plot"]).shape[0] > 0

@@ -104,6 +104,27 @@ def test_shards_hold_each_activity_in_time_order(tmp_path):
     assert check_shard_rows(frame, report)[0]
 
 
+def test_shards_record_contiguous_segments_at_time_gaps(tmp_path):
+    paths = DataPaths(tmp_path)
+    # Stairs up done twice with stairs down between: activity 12's shard has a 30 s jump.
+    frame = fake_table(101, [(12, "protocol", 150), (13, "protocol", 80), (12, "protocol", 90)])
+    # A two-sample step (one row lost) is jitter, not a gap.
+    frame = frame.filter(
+        ~(
+            (pl.col(ACTIVITY) == 13)
+            & (pl.col(TIMESTAMP) == pl.col(TIMESTAMP).filter(pl.col(ACTIVITY) == 13).min() + 0.4)
+        )
+    )
+    report = write_activity_shards(frame, paths, 101)
+
+    up = load_torch(paths.tensor_shard(101, 12))
+    assert up["format"] == shards_module.SHARD_FORMAT
+    assert up["segments"].tolist() == [[0, 150], [150, 240]]
+    down = load_torch(paths.tensor_shard(101, 13))
+    assert down["segments"].tolist() == [[0, 79]]
+    assert {s["activity"]: s["segments"] for s in report.shards} == {12: 2, 13: 1}
+
+
 def test_large_activity_splits_into_parts_under_the_limit(tmp_path):
     paths = DataPaths(tmp_path)
     frame = fake_table(102, [(4, "protocol", 3000), (5, "protocol", 200)], nan_fraction=0.0)

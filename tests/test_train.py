@@ -22,6 +22,7 @@ from ml_core.stats import load_feature_stats
 from ml_core.train import (
     TrainConfig,
     TrainingDivergedError,
+    build_criterion,
     load_trained_model,
     lr_at,
     predict_proba,
@@ -133,6 +134,54 @@ def test_focal_loss_with_gamma_zero_is_cross_entropy() -> None:
     assert FocalLoss(2.0, w)(logits, y) < FocalLoss(0.0, w)(logits, y)
     with pytest.raises(ValueError, match="unknown loss"):
         build_loss("hinge", counts)
+
+
+def _epoch_class_weight(config: TrainConfig, labels: Tensor, n_classes: int) -> Tensor:
+    """Each class's share of an epoch's total loss weight: windows drawn x loss weight,
+    averaged over 50 epochs' orders."""
+    data = WindowData(
+        torch.zeros(len(labels), 1),
+        torch.ones(len(labels), 1, dtype=torch.bool),
+        torch.arange(len(labels)),
+        labels,
+        torch.zeros_like(labels),
+        WindowConfig(window=2),
+    )
+    criterion = build_criterion(config, torch.bincount(labels, minlength=n_classes))
+    weight = criterion.weight if criterion.weight is not None else torch.ones(n_classes)
+    drawn = torch.zeros(n_classes)
+    for epoch in range(50):
+        g = torch.Generator().manual_seed(epoch)
+        order = data.order(g, shuffle=True, balanced=config.balanced_sampling)
+        drawn += torch.bincount(labels[order], minlength=n_classes).float()
+    total = drawn * weight
+    return total / total.sum()
+
+
+@pytest.mark.parametrize("loss", ["weighted_ce", "focal"])
+def test_imbalance_is_corrected_once_unless_both_are_asked_for(loss: str) -> None:
+    labels = torch.tensor([0] * 600 + [1] * 300 + [2] * 100)
+    equal = torch.full((3,), 1 / 3)
+    # Default: a class-weighted loss over every window once; each class weighs a third.
+    default = TrainConfig(loss=loss)
+    assert (
+        default.weighted_loss
+        and build_criterion(default, torch.bincount(labels)).weight is not None
+    )
+    assert torch.allclose(_epoch_class_weight(default, labels, 3), equal, atol=1e-6)
+    # Balanced sampling alone: the loss is unweighted, the draws equalise the classes.
+    sampled = TrainConfig(loss=loss, balanced_sampling=True)
+    assert build_criterion(sampled, torch.bincount(labels)).weight is None
+    assert torch.allclose(_epoch_class_weight(sampled, labels, 3), equal, atol=0.01)
+    # Both, only when asked: each window weighs 1 / count², so a class's share of the epoch
+    # goes as 1 / count and the rarest class dominates.
+    both = TrainConfig(loss=loss, balanced_sampling=True, loss_class_weights=True)
+    inverse = 1 / torch.tensor([600.0, 300.0, 100.0])
+    share = _epoch_class_weight(both, labels, 3)
+    assert torch.allclose(share, inverse / inverse.sum(), atol=0.01)
+    # And neither, when asked: the classes weigh as often as they occur.
+    plain = TrainConfig(loss=loss, loss_class_weights=False)
+    assert torch.allclose(_epoch_class_weight(plain, labels, 3), torch.tensor([0.6, 0.3, 0.1]))
 
 
 # --- training --------------------------------------------------------------------------------

@@ -17,11 +17,20 @@ C = len(MODEL_CHANNELS)
 
 
 # --- fake fold builders (also used by test_train and test_feature_gbm) ------------------------
-def write_shard(paths: DataPaths, subject: int, activity: int, data: np.ndarray) -> str:
-    """A tensor shard in the activity_shards format; returns its manifest path."""
+def write_shard(
+    paths: DataPaths,
+    subject: int,
+    activity: int,
+    data: np.ndarray,
+    segments: list[tuple[int, int]] | None = None,
+) -> str:
+    """A tensor shard in the activity_shards format (one segment unless `segments` are given);
+    returns its manifest path."""
     target = paths.tensor_shard(subject, activity)
     save_torch(
         {
+            "format": 2,
+            "segments": torch.tensor(segments or [(0, len(data))], dtype=torch.long),
             "data": torch.as_tensor(data, dtype=torch.float32),
             "channels": list(MODEL_CHANNELS),
             "subject_id": subject,
@@ -117,6 +126,40 @@ def test_windows_never_cross_a_range_and_cover_it(tmp_path: Path, decimate: int)
     # The first window of every range starts at its first row.
     starts = {(int(i), int(r)) for i, r in zip(shard_id[:, 0], row[:, 0], strict=True)}
     assert {(1, 0), (2, 0), (2, 250)} <= starts
+
+
+@pytest.mark.parametrize("decimate", [1, 2])
+def test_windows_never_span_a_time_gap_inside_a_shard(tmp_path: Path, decimate: int) -> None:
+    paths = DataPaths(tmp_path)
+    # An activity done in two stretches: rows 0-99 and 100-249, a time jump between them.
+    a = write_shard(paths, 101, 12, sentinel(1, 250), segments=[(0, 100), (100, 250)])
+    # Format-1 shard (no segments): one segment, as before.
+    b = write_shard(paths, 101, 13, sentinel(2, 100))
+    target = paths.tensor_shard(101, 13)
+    legacy = torch.load(target, weights_only=True)
+    del legacy["segments"], legacy["format"]
+    save_torch(legacy, target)
+    # The range starts inside the first stretch and ends inside the second.
+    write_manifest(paths, "f", "train", [(a, 10, 240), (b, 0, 100)])
+    cfg = WindowConfig(window=20, stride=10, decimate=decimate)
+    data = WindowData.from_fold(paths, "f", "train", IDENTITY_STATS, cfg)
+
+    x = data.batch(torch.arange(len(data))).x["imu_hand"][:, :, 0].double().numpy()
+    shard_id, row = np.divmod(x, 10_000)
+    in_a = shard_id[:, 0] == 1
+    assert not ((row[in_a, 0] < 100) & (row[in_a, -1] >= 100)).any()
+    assert (np.diff(row, axis=1) == decimate).all()
+    # Pieces [10, 100) and [100, 240) of a, and [0, 100) of b, each windowed on its own.
+    pieces = [(10, 100), (100, 240), (0, 100)]
+    per_piece = [max(0, (len(range(s, e, decimate)) - 20) // 10 + 1) for s, e in pieces]
+    assert len(data) == sum(per_piece)
+    assert int(in_a.sum()) == per_piece[0] + per_piece[1]
+    # Each piece is decimated from its own first row; the second stretch's first window
+    # starts exactly at the gap.
+    assert {10, 100} <= set(row[in_a, 0].astype(int).tolist())
+    # Windows that would have crossed the gap (as a gap-blind cut would make) are not produced.
+    blind = (len(range(10, 240, decimate)) - 20) // 10 + 1
+    assert int(in_a.sum()) < blind
 
 
 def test_normalisation_uses_the_given_stats(tmp_path: Path) -> None:

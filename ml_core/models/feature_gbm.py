@@ -1,13 +1,20 @@
-"""The classical baseline: per-window channel statistics + scikit-learn gradient boosting.
+"""The classical baseline: window features in physical units + scikit-learn gradient boosting.
 
-Features: per channel the mean, std, min, max and dominant frequency of each window, over
-every model channel plus, per IMU, the norm of the accelerometer and of the gyroscope axes
-(of the normalised axes the model receives, so not the physical magnitude; they still added
-0.01-0.06 cross-subject macro F1 on the demo folds). Percentiles and energy were dropped:
-they cost a sort per channel and did not change validation F1.
+Features are computed in physical units: the model keeps the fold's normalisation (mean, std
+per channel) and inverts it, so thresholds are in m/s², rad/s, µT, °C and bpm. Per IMU it adds
+orientation-invariant channels: the norms of acceleration and angular rate, and the
+acceleration along and across the window's mean gravity direction. Then, per window:
+- every channel: mean, std, min, max, 10/25/50/75/90th percentiles, interquartile range;
+- motion channels (acceleration and angular rate axes and their derived channels): mean-crossing
+  rate (per second), jerk (RMS of the first difference, per second), the share of spectral
+  power in the bands 0-0.5, 0.5-1.5, 1.5-3, 3-6, 6-12 and 12+ Hz, spectral entropy and the
+  dominant frequency (Hz);
+- correlations between the axes of the accelerometer and of the gyroscope.
+Absent samples (a modality not observed) are left out of every statistic; a window whose
+modality is absent throughout has NaN features, which the trees route as they learned.
+A layout other than the real IMU's (tests, toy data) treats every channel as a motion channel.
 The boosting settings (31 bins, 7 leaves, 30 % of the features per split) were chosen on the
-demo folds: they fit 4-8x faster than 255 bins, 15 leaves and every feature per split, and
-validate as well within a subject and better across subjects.
+demo folds: they fit 4-8x faster than 255 bins, 15 leaves and every feature per split.
 
 Serialisation: after fitting, the trees of the `HistGradientBoostingClassifier` are exported
 into flat tensors (feature, threshold, missing-goes-left, children, leaf value per node) and
@@ -15,28 +22,40 @@ prediction always runs on those arrays with vectorised numpy, adding the trees i
 order as scikit-learn and applying the same softmax/sigmoid. So `state_dict()` holds only
 tensors and plain Python values (it loads with `torch.load(weights_only=True)`, no pickle),
 and a loaded model reproduces the predictions of the one that was fitted exactly.
+`as_module()` gives the same model as a torch module (features and tree walk in torch), which
+is how it is logged to MLflow for serving (torch.export, no pickle).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.special import expit
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.utils.extmath import softmax
 from threadpoolctl import threadpool_limits
-from torch import Tensor
+from torch import Tensor, nn
 
-from ml_core.columns import AXES, MODALITIES
+from ml_core.columns import AXES, MODALITIES, SAMPLE_RATE_HZ
 from ml_core.models import ModelSpec
 
-STATISTICS: tuple[str, ...] = ("mean", "std", "min", "max", "freq")
-# 3-axis sensors whose per-sample norm is added as one more channel of their modality.
-NORM_SENSORS: tuple[str, ...] = ("acc16", "gyro")
+BASIC: tuple[str, ...] = ("mean", "std", "min", "max", "p10", "p25", "p50", "p75", "p90", "iqr")
+_QUANTILES: tuple[float, ...] = (0.10, 0.25, 0.50, 0.75, 0.90)
+BANDS_HZ: tuple[float, ...] = (0.5, 1.5, 3.0, 6.0, 12.0)  # band edges; the last band is open
+MOTION: tuple[str, ...] = (
+    "crossing_rate",
+    "jerk",
+    *(f"band{i}" for i in range(len(BANDS_HZ) + 1)),
+    "spectral_entropy",
+    "dominant_hz",
+)
+# Sensors whose axes are motion channels and whose axes are correlated with each other.
+MOTION_SENSORS: tuple[str, ...] = ("acc16", "gyro")
 # Fewer training rows than this are fitted on one thread (see boosting_threads).
 _THREADED_MIN_SAMPLES = 10_000
 # Samples per prediction chunk: bounds the [samples, trees] node-index array.
@@ -45,7 +64,7 @@ _PREDICT_CHUNK = 4096
 
 @dataclass(frozen=True)
 class FeatureGBMConfig:
-    """Boosting settings; the defaults fit a demo-scale fold in about 2 s of one CPU core.
+    """Boosting settings; the defaults fit a demo-scale fold in a few seconds of one CPU core.
 
     n_threads: OpenMP threads for the fit; None picks 1 for small data or a busy machine and
     otherwise keeps the process setting (all cores unless limited); see `boosting_threads`.
@@ -63,39 +82,149 @@ class FeatureGBMConfig:
     n_threads: int | None = None
 
 
-def window_statistics(x: Tensor, present: Tensor) -> Tensor:
-    """Per-channel statistics of each window over its present samples only.
+@dataclass(frozen=True)
+class Layout:
+    """How one modality's channels become feature channels.
 
-    x: [N, T, C] (absent samples may hold anything), present: [N, T] bool.
-    Returns [N, C, len(STATISTICS)] float32: mean, population std, min, max and dominant
-    frequency in cycles per sample (the largest non-DC rfft magnitude of the mean-removed
-    window, absent samples set to the mean). Every statistic is NaN for a window whose
-    modality is absent throughout.
+    channels: names of the real channels then of the derived ones; motion: indices (into
+    channels) that get the motion features; pairs: index pairs whose correlation is a feature;
+    acc/gyro: indices of the x, y, z axes of the real IMU layout (empty otherwise).
     """
-    x = x.float()
+
+    channels: list[str]
+    motion: list[int]
+    pairs: list[tuple[int, int]]
+    acc: list[int] = field(default_factory=list)
+    gyro: list[int] = field(default_factory=list)
+
+    def names(self) -> list[str]:
+        return [
+            *(f"{c}_{s}" for c in self.channels for s in BASIC),
+            *(f"{self.channels[i]}_{s}" for i in self.motion for s in MOTION),
+            *(f"{self.channels[a]}__{self.channels[b]}_corr" for a, b in self.pairs),
+        ]
+
+
+def modality_layout(modality: str, n_channels: int) -> Layout:
+    """The feature layout of a modality with `n_channels` channels."""
+    known = MODALITIES.get(modality, [])
+    if len(known) != n_channels:
+        channels = [f"{modality}_{i}" for i in range(n_channels)]
+        return Layout(channels, list(range(n_channels)), [])
+    if modality == "heart_rate":
+        return Layout(list(known), [], [])
+    imu = known[0].split("_")[0]
+    axes = {s: [known.index(f"{imu}_{s}_{a}") for a in AXES] for s in MOTION_SENSORS}
+    derived = [f"{imu}_acc16_norm", f"{imu}_acc16_vertical", f"{imu}_acc16_horizontal"]
+    derived.append(f"{imu}_gyro_norm")
+    channels = [*known, *derived]
+    n = len(known)
+    motion = [*axes["acc16"], n, n + 1, n + 2, *axes["gyro"], n + 3]
+    pairs = [(t[i], t[j]) for t in axes.values() for i, j in ((0, 1), (0, 2), (1, 2))]
+    return Layout(channels, motion, pairs, axes["acc16"], axes["gyro"])
+
+
+def _derive(x: Tensor, present: Tensor, layout: Layout) -> Tensor:
+    """[N, T, K] physical channels -> with the layout's derived channels appended."""
+    if not layout.acc:
+        return x
+    acc, gyro = x[..., layout.acc], x[..., layout.gyro]
+    mask = present[..., None]
+    n = present.sum(1, keepdim=True)[..., None].clamp(min=1)
+    gravity = torch.where(mask, acc, 0.0).sum(1, keepdim=True) / n  # [N, 1, 3]
+    up = gravity / gravity.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+    vertical = (acc * up).sum(-1, keepdim=True)
+    horizontal = (acc - vertical * up).norm(dim=-1, keepdim=True)
+    return torch.cat(
+        [x, acc.norm(dim=-1, keepdim=True), vertical, horizontal, gyro.norm(dim=-1, keepdim=True)],
+        dim=-1,
+    )
+
+
+def basic_statistics(x: Tensor, present: Tensor) -> Tensor:
+    """[N, T, K], [N, T] -> [N, K, len(BASIC)] over present samples: mean, population std,
+    min, max, percentiles (linear interpolation, as numpy's default) and IQR; NaN when absent."""
     mask = present[:, :, None].expand_as(x)
-    n = present.sum(dim=1, keepdim=True).float()  # 0 for an absent window: the ratios give NaN
-    mean = torch.where(mask, x, 0.0).sum(dim=1) / n
-    centred = torch.where(mask, x - mean[:, None], 0.0)
-    std = (centred.square().sum(dim=1) / n).sqrt()
-    lowest = torch.where(mask, x, torch.inf).amin(dim=1)
-    highest = torch.where(mask, x, -torch.inf).amax(dim=1)
-    spectrum = torch.fft.rfft(centred, dim=1).abs()[:, 1:]  # drop the DC bin
-    freq = (spectrum.argmax(dim=1) + 1).float() / x.shape[1]
-    lowest, highest, freq = torch.where(n > 0, torch.stack([lowest, highest, freq]), torch.nan)
-    return torch.stack([mean, std, lowest, highest, freq], dim=-1)
+    n = present.sum(dim=1)[:, None].expand(-1, x.shape[2])  # [N, K]
+    nf = n.to(x.dtype)
+    mean = torch.where(mask, x, 0.0).sum(dim=1) / nf
+    std = (torch.where(mask, x - mean[:, None], 0.0).square().sum(dim=1) / nf).sqrt()
+    ordered = torch.where(mask, x, torch.inf).sort(dim=1).values  # present samples first
+    last = (n - 1).clamp(min=0)
+    quantiles = []
+    for q in (0.0, 1.0, *_QUANTILES):
+        position = last.to(x.dtype) * q
+        lo = position.floor().long()
+        hi = torch.minimum(lo + 1, last)
+        low, high = ordered.gather(1, lo[:, None]), ordered.gather(1, hi[:, None])
+        frac = (position - lo.to(x.dtype))[:, None]
+        quantiles.append((low + (high - low) * frac).squeeze(1))
+    lowest, highest, p10, p25, p50, p75, p90 = quantiles
+    stats = torch.stack([mean, std, lowest, highest, p10, p25, p50, p75, p90, p75 - p25], -1)
+    return torch.where((n > 0)[..., None], stats, torch.nan)
 
 
-def norm_groups(channels: list[str]) -> list[tuple[str, list[int]]]:
-    """(name, indices of x, y, z) of every NORM_SENSORS triple among `channels`, in order."""
-    groups = []
-    for channel in channels:
-        stem, _, axis = channel.rpartition("_")
-        if axis == AXES[0] and stem.rpartition("_")[2] in NORM_SENSORS:
-            axes = [f"{stem}_{a}" for a in AXES]
-            if all(a in channels for a in axes):
-                groups.append((f"{stem}_norm", [channels.index(a) for a in axes]))
-    return groups
+def motion_statistics(x: Tensor, present: Tensor, rate_hz: float) -> Tensor:
+    """[N, T, K], [N, T] -> [N, K, len(MOTION)]: mean-crossing rate and jerk over pairs of
+    consecutive present samples (per second), spectral band shares, spectral entropy and the
+    dominant frequency of the mean-removed window (absent samples set to the mean)."""
+    mask = present[:, :, None].expand_as(x)
+    n = present.sum(dim=1, keepdim=True).to(x.dtype)  # [N, 1]
+    centred = torch.where(
+        mask, x - torch.where(mask, x, 0.0).sum(1, keepdim=True) / n[..., None], 0.0
+    )
+    pairs = (present[:, 1:] & present[:, :-1])[..., None]
+    n_pairs = pairs.sum(1).to(x.dtype)  # [N, 1]
+    crossings = (pairs & (centred[:, 1:] * centred[:, :-1] < 0)).sum(1).to(x.dtype)
+    crossing_rate = crossings / n_pairs * rate_hz
+    step = torch.where(pairs, x[:, 1:] - x[:, :-1], 0.0)
+    jerk = (step.square().sum(1) / n_pairs).sqrt() * rate_hz
+
+    t = x.shape[1]
+    power = torch.fft.rfft(centred, dim=1).abs().square()[:, 1:]  # drop the DC bin: [N, F, K]
+    hz = torch.arange(1, power.shape[1] + 1, dtype=x.dtype, device=x.device) * rate_hz / t
+    total = power.sum(1)
+    share = power / total[:, None].clamp(min=1e-30)
+    band = torch.bucketize(hz, torch.tensor(BANDS_HZ, dtype=x.dtype, device=x.device))
+    members = F.one_hot(band, len(BANDS_HZ) + 1).to(x.dtype)  # [F, bands]
+    bands = torch.einsum("nfk,fb->nkb", share, members).unbind(-1)
+    entropy = -(share * share.clamp(min=1e-30).log()).sum(1) / max(np.log(power.shape[1]), 1e-12)
+    dominant = hz[power.argmax(dim=1)]
+    stats = torch.stack([crossing_rate, jerk, *bands, entropy, dominant], dim=-1)
+    # A constant or absent window has no spectrum and no crossings to speak of.
+    valid = (n_pairs > 0)[..., None] & (total > 0)[..., None]
+    return torch.where(valid, stats, torch.nan)
+
+
+def correlations(x: Tensor, present: Tensor, pairs: list[tuple[int, int]]) -> Tensor:
+    """[N, len(pairs)] Pearson correlations over present samples; NaN for a constant channel."""
+    if not pairs:
+        return x.new_zeros(x.shape[0], 0)
+    mask = present[:, :, None].expand_as(x)
+    n = present.sum(dim=1, keepdim=True).to(x.dtype)
+    centred = torch.where(
+        mask, x - torch.where(mask, x, 0.0).sum(1, keepdim=True) / n[..., None], 0.0
+    )
+    a, b = zip(*pairs, strict=True)
+    ca, cb = centred[..., list(a)], centred[..., list(b)]
+    cov = (ca * cb).sum(1)
+    scale = (ca.square().sum(1) * cb.square().sum(1)).sqrt()
+    return torch.where(scale > 0, cov / scale.clamp(min=1e-30), torch.nan)
+
+
+def window_features(
+    x: Tensor, present: Tensor, layout: Layout, mean: Tensor, std: Tensor, rate_hz: float
+) -> Tensor:
+    """One modality's features [N, len(layout.names())] (as float64) from normalised windows
+    x [N, T, C] (absent samples may hold anything) and present [N, T]."""
+    # float64 to invert the normalisation, float32 (the shards' precision) for the statistics.
+    physical = (x.double() * std.double() + mean.double()).float()
+    values = _derive(physical, present, layout)
+    blocks = [basic_statistics(values, present).flatten(1)]
+    if layout.motion:
+        blocks.append(motion_statistics(values[..., layout.motion], present, rate_hz).flatten(1))
+    blocks.append(correlations(values, present, layout.pairs))
+    return torch.cat(blocks, dim=1).double()
 
 
 def boosting_threads(requested: int | None, n_samples: int) -> int | None:
@@ -114,7 +243,7 @@ def boosting_threads(requested: int | None, n_samples: int) -> int | None:
 
 
 class FeatureGBM:
-    """Window statistics per channel, then gradient-boosted trees over them."""
+    """Window features in physical units, then gradient-boosted trees over them."""
 
     def __init__(
         self, config: FeatureGBMConfig, n_classes: int, modality_channels: dict[str, int]
@@ -124,7 +253,22 @@ class FeatureGBM:
         self.config = config
         self.n_classes = n_classes
         self.modality_channels = dict(modality_channels)
+        self.layouts = {m: modality_layout(m, n) for m, n in self.modality_channels.items()}
+        # The fold normalisation to invert (identity until set_units) and the sampling rate.
+        self.mean = {m: torch.zeros(n, dtype=torch.float64) for m, n in modality_channels.items()}
+        self.std = {m: torch.ones(n, dtype=torch.float64) for m, n in modality_channels.items()}
+        self.rate_hz = float(SAMPLE_RATE_HZ)
         self.trees: dict[str, Tensor] | None = None
+
+    def set_units(self, mean: Tensor, std: Tensor, rate_hz: float) -> None:
+        """The normalisation the windows arrive with (flat over the modalities' channels, in
+        order) and their sampling rate after decimation, so features are in physical units."""
+        sizes = list(self.modality_channels.values())
+        if mean.shape != (sum(sizes),) or std.shape != (sum(sizes),):
+            raise ValueError(f"feature_gbm: need {sum(sizes)} means and stds, got {mean.shape}")
+        self.mean = dict(zip(self.modality_channels, mean.double().split(sizes), strict=True))
+        self.std = dict(zip(self.modality_channels, std.double().split(sizes), strict=True))
+        self.rate_hz = float(rate_hz)
 
     @property
     def n_iterations(self) -> int:
@@ -134,42 +278,31 @@ class FeatureGBM:
         return len(self.trees["roots"]) // len(self.trees["baseline"])
 
     # --- features -----------------------------------------------------------------------
-    def _norm_groups(self, modality: str) -> list[tuple[str, list[int]]]:
-        """Norm channels of a modality given with its real channels (none for other layouts)."""
-        known = MODALITIES.get(modality, [])
-        return norm_groups(known) if len(known) == self.modality_channels[modality] else []
-
-    def channel_names(self, modality: str) -> list[str]:
-        """The modality's channels (real column names when the count matches), then its norms."""
-        known = MODALITIES.get(modality, [])
-        n = self.modality_channels[modality]
-        channels = known if len(known) == n else [f"{modality}_{i}" for i in range(n)]
-        return [*channels, *(name for name, _ in self._norm_groups(modality))]
-
     def feature_names(self) -> list[str]:
-        return [
-            f"{c}_{s}"
-            for modality in self.modality_channels
-            for c in self.channel_names(modality)
-            for s in STATISTICS
-        ]
+        return [name for layout in self.layouts.values() for name in layout.names()]
 
-    def features(self, x: dict[str, Tensor], present: dict[str, Tensor]) -> np.ndarray:
-        """[N, F] float64 features of a batch of windows (NaN where a modality is absent)."""
+    def features_tensor(self, x: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+        """[N, F] float64 features of a batch of windows, as a tensor on x's device."""
         blocks = []
         for modality, n in self.modality_channels.items():
-            values = x[modality].cpu().float()
+            values = x[modality]
             if values.shape[-1] != n:
                 raise ValueError(
                     f"feature_gbm: {modality} has {values.shape[-1]} channels, expected {n}"
                 )
-            norms = [
-                values[:, :, idx].norm(dim=-1, keepdim=True)
-                for _, idx in self._norm_groups(modality)
-            ]
-            values = torch.cat([values, *norms], dim=-1)
-            blocks.append(window_statistics(values, present[modality].cpu()).flatten(1))
-        return torch.cat(blocks, dim=1).double().numpy()
+            mean = self.mean[modality].to(values.device)
+            std = self.std[modality].to(values.device)
+            blocks.append(
+                window_features(
+                    values, present[modality], self.layouts[modality], mean, std, self.rate_hz
+                )
+            )
+        return torch.cat(blocks, dim=1)
+
+    def features(self, x: dict[str, Tensor], present: dict[str, Tensor]) -> np.ndarray:
+        """[N, F] float64 features of a batch of windows (NaN where a modality is absent)."""
+        cpu = {m: t.cpu() for m, t in x.items()}
+        return self.features_tensor(cpu, {m: p.cpu() for m, p in present.items()}).numpy()
 
     # --- fitting ------------------------------------------------------------------------
     def fit(self, x: dict[str, Tensor], present: dict[str, Tensor], y: Tensor) -> FeatureGBM:
@@ -237,6 +370,9 @@ class FeatureGBM:
             "config": asdict(self.config),
             "n_classes": self.n_classes,
             "modality_channels": dict(self.modality_channels),
+            "mean": dict(self.mean),
+            "std": dict(self.std),
+            "rate_hz": self.rate_hz,
             "trees": dict(self.trees),
         }
 
@@ -256,7 +392,88 @@ class FeatureGBM:
                 f"computes {len(self.feature_names())} (the feature set changed): refit it"
             )
         self.config = FeatureGBMConfig(**state["config"])
+        self.mean, self.std = dict(state["mean"]), dict(state["std"])
+        self.rate_hz = float(state["rate_hz"])
         self.trees = dict(state["trees"])
+
+    def as_module(self) -> FeatureGBMModule:
+        """The fitted model as a torch module `(x, present) -> log-probabilities`."""
+        return FeatureGBMModule(self)
+
+
+class FeatureGBMModule(nn.Module):
+    """A fitted FeatureGBM in torch: the same features, the trees walked with tensor ops.
+
+    forward(x, present) takes the per-modality windows every registered model takes and
+    returns log-probabilities (-inf for classes never seen in training), so a softmax gives
+    the probabilities of `FeatureGBM.predict_proba`; it exports with torch.export.
+    """
+
+    feature: Tensor
+    threshold: Tensor
+    missing_left: Tensor
+    left: Tensor
+    right: Tensor
+    is_leaf: Tensor
+    value: Tensor
+    roots: Tensor
+    baseline: Tensor
+    to_classes: Tensor
+
+    def __init__(self, gbm: FeatureGBM) -> None:
+        super().__init__()
+        if gbm.trees is None:
+            raise RuntimeError("feature_gbm: only a fitted model becomes a module")
+        self.layouts = dict(gbm.layouts)
+        self.modality_channels = dict(gbm.modality_channels)
+        self.rate_hz = gbm.rate_hz
+        for m in self.modality_channels:
+            self.register_buffer(f"mean_{m}", gbm.mean[m].clone())
+            self.register_buffer(f"std_{m}", gbm.std[m].clone())
+        for key in ("feature", "threshold", "missing_left", "left", "right", "is_leaf", "value"):
+            self.register_buffer(key, gbm.trees[key].clone())
+        self.register_buffer("roots", gbm.trees["roots"].clone())
+        self.register_buffer("baseline", gbm.trees["baseline"].clone())
+        seen = gbm.trees["classes"]
+        # Seen-class probabilities -> all classes, by one matrix product.
+        self.register_buffer(
+            "to_classes", torch.zeros(len(seen), gbm.n_classes, dtype=torch.float64)
+        )
+        self.to_classes[torch.arange(len(seen)), seen] = 1.0
+        self.depth = int(gbm.trees["max_depth"])
+
+    def forward(self, x: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+        features = torch.cat(
+            [
+                window_features(
+                    x[m],
+                    present[m],
+                    self.layouts[m],
+                    self.get_buffer(f"mean_{m}"),
+                    self.get_buffer(f"std_{m}"),
+                    self.rate_hz,
+                )
+                for m in self.modality_channels
+            ],
+            dim=1,
+        )
+        node = self.roots.expand(features.shape[0], -1)
+        for _ in range(self.depth):
+            value = features.gather(1, self.feature[node])
+            go_left = torch.where(
+                torch.isnan(value), self.missing_left[node], value <= self.threshold[node]
+            )
+            child = torch.where(go_left, self.left[node], self.right[node])
+            node = torch.where(self.is_leaf[node], node, child)
+        n_out = int(self.baseline.shape[0])
+        leaves = self.value[node].view(features.shape[0], -1, n_out)
+        raw = self.baseline + leaves.sum(dim=1)
+        if n_out == 1:  # binary: sigmoid link
+            p1 = torch.sigmoid(raw[:, 0])
+            seen = torch.stack([1.0 - p1, p1], dim=1)
+        else:
+            seen = torch.softmax(raw, dim=1)
+        return (seen @ self.to_classes).log().float()
 
 
 def _export_trees(gbm: HistGradientBoostingClassifier) -> dict[str, Tensor]:

@@ -36,6 +36,7 @@ class TrainingConfig(dg.Config):
     loss: Loss = TrainConfig.loss
     focal_gamma: float = TrainConfig.focal_gamma
     balanced_sampling: bool = TrainConfig.balanced_sampling
+    loss_class_weights: bool | None = TrainConfig.loss_class_weights
     seed: int = TrainConfig.seed
     device: Device = TrainConfig.device
     window: int = WindowConfig.window
@@ -44,6 +45,7 @@ class TrainingConfig(dg.Config):
     class_set: ClassSet = WindowConfig.class_set
     model_overrides: dict[str, Any] = {}
     resume: bool = False
+    seeds: int = 1  # repeat the training with seeds seed, seed + 1, …: the spread is reported
 
     def to_train_config(self) -> TrainConfig:
         return make_train_config(self.model_dump())
@@ -87,7 +89,9 @@ def trained_model(
     mlflow: MlflowTracking,
 ) -> dg.MaterializeResult:
     """A model trained by `ml_core` on one fold: `best.pt`, `last.pt` and `history.json` under
-    `data/models/<fold>/<model>/`, logged to one MLflow run. A retry resumes from `last.pt`."""
+    `data/models/<fold>/<model>/<protocol id>/seed-<seed>/`, one MLflow run per seed. Another
+    protocol (window, stride, rate, class set, loss, epochs) is stored beside, never over.
+    A retry resumes from `last.pt`."""
     from ml_core import pipeline
     from ml_core.models import make_config
 
@@ -122,6 +126,7 @@ def trained_model(
         tags=_run_tags(context, fold, model),
         resume=resume,
         on_epoch=log_epoch,
+        seeds=config.seeds,
     )
     history_rows = [
         {k: r.get(k) for k in ("epoch", "train_loss", "val_loss", "val_macro_f1", "val_accuracy")}
@@ -129,6 +134,9 @@ def trained_model(
     ]
     return dg.MaterializeResult(
         metadata={
+            "protocol_id": summary["protocol"]["id"],
+            "protocol": summary["protocol"]["description"],
+            "seeds": str(summary["seeds"]),
             "val_macro_f1": summary["best_val_macro_f1"],
             "val_accuracy": summary["val_accuracy"],
             "majority_baseline_accuracy": summary["majority_baseline_accuracy"],
@@ -141,10 +149,18 @@ def trained_model(
             "mlflow_run": dg.MetadataValue.url(summary["mlflow_url"]),
             "mlflow_run_id": summary["mlflow_run_id"],
             "config": dg.MetadataValue.json(
-                {"model": model, "fold": fold, "resume": resume, **train_config.to_dict()}
+                {
+                    "model": model,
+                    "fold": fold,
+                    "resume": resume,
+                    "seeds": config.seeds,
+                    **train_config.to_dict(),
+                }
             ),
         },
-        data_version=dg.DataVersion(checkpoint_digest(summary["best_path"])),
+        data_version=dg.DataVersion(
+            "-".join(checkpoint_digest(s["best_path"])[:16] for s in summary["per_seed"])
+        ),
         check_results=[
             dg.AssetCheckResult(
                 check_name="beats_majority_baseline",
@@ -195,12 +211,18 @@ def evaluation_bundle(
         context.log.warning(f"{fold}/{model}: {note}")
     return dg.MaterializeResult(
         metadata={
+            "protocol_id": result["protocol"]["id"],
+            "protocol": result["protocol"]["description"],
+            "seeds": str(result["seeds"]),
             "test_macro_f1": summary["macro_f1"],
             "test_accuracy": summary["accuracy"],
             "test_balanced_accuracy": summary["balanced_accuracy"],
             "test_windows": summary["n_test"],
             "ece_before": result["ece_before"],
             "ece_after": result["ece_after"],
+            "nll_before": result["nll_before"],
+            "nll_after": result["nll_after"],
+            "temperature": result["temperature"],
             "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in result["notes"]) or "_none_"),
             "confusion_matrix": dg.MetadataValue.md(markdown_table(result["confusion_rows"])),
             "confusion_plot": dg.MetadataValue.md(
@@ -210,7 +232,8 @@ def evaluation_bundle(
             "mlflow_run": dg.MetadataValue.url(result["mlflow_url"]),
         },
         data_version=files_version(
-            [Path(result["folder"]) / "summary_metrics.json"], data_root.paths().root
+            [Path(r["folder"]) / "summary_metrics.json" for r in result["per_seed"]],
+            data_root.paths().root,
         ),
         check_results=[
             dg.AssetCheckResult(

@@ -11,6 +11,7 @@ import dagster as dg
 import pytest
 
 from ml_core.paths import PROJECT_ROOT, DataPaths
+from ml_core.protocol import latest_dirs
 from tests.e2e.conftest import venv_program
 
 ARGS = ["--scale", "tiny", "--models", "feature_gbm", "--folds", "holdout-106", "loso-109"]
@@ -48,7 +49,7 @@ def test_demo_builds_everything_then_redoes_only_what_changed(tmp_path: Path) ->
     paths = DataPaths(data_root)
     assert (paths.reports / "leaderboard.md").exists()
     for fold in ("holdout-106", "loso-109"):
-        assert (paths.evaluation_dir(fold, "feature_gbm") / "summary_metrics.json").exists()
+        assert (latest_dirs(paths, fold, "feature_gbm")[1] / "summary_metrics.json").exists()
     with dg.DagsterInstance.from_config(str(home)) as instance:
         runs = instance.get_runs()
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)

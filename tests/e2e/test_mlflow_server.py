@@ -20,6 +20,7 @@ from ml_core.columns import MODEL_CHANNELS
 from ml_core.evaluate import check_bundle_complete
 from ml_core.io import load_torch
 from ml_core.paths import DataPaths
+from ml_core.protocol import latest_dirs
 from tests.e2e.conftest import MlflowServer, materialize
 
 pytestmark = pytest.mark.slow
@@ -79,7 +80,7 @@ def test_training_job_logs_params_metrics_artifacts_and_model_to_the_server(
     assert all(0.0 <= m.value <= 1.0 for m in history)
     assert run.data.metrics["best_val_macro_f1"] == pytest.approx(max(m.value for m in history))
     paths = DataPaths(data_root)
-    summary = json.loads((paths.evaluation_dir(FOLD, MODEL) / "summary_metrics.json").read_text())
+    summary = json.loads((latest_dirs(paths, FOLD, MODEL)[1] / "summary_metrics.json").read_text())
     for key in ("accuracy", "macro_f1", "weighted_f1", "balanced_accuracy"):
         assert run.data.metrics[f"test_{key}"] == pytest.approx(summary[key])
     assert evaluated["test_macro_f1"] == pytest.approx(summary["macro_f1"])
@@ -88,9 +89,9 @@ def test_training_job_logs_params_metrics_artifacts_and_model_to_the_server(
     checkpoints = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
     assert {"checkpoints/best.pt", "checkpoints/last.pt", "checkpoints/history.json"} <= checkpoints
     evaluation = {Path(a.path).name for a in client.list_artifacts(run_id, "evaluation")}
-    complete, missing = check_bundle_complete(paths.evaluation_dir(FOLD, MODEL))
+    complete, missing = check_bundle_complete(latest_dirs(paths, FOLD, MODEL)[1])
     assert complete, missing
-    local_bundle = {p.name for p in paths.evaluation_dir(FOLD, MODEL).iterdir()}
+    local_bundle = {p.name for p in latest_dirs(paths, FOLD, MODEL)[1].iterdir()}
     assert local_bundle <= evaluation
     downloaded = mlflow.artifacts.download_artifacts(
         run_id=run_id,
@@ -105,7 +106,7 @@ def test_training_job_logs_params_metrics_artifacts_and_model_to_the_server(
         dst_path=str(tmp_path / "download"),
         tracking_uri=mlflow_server.url,
     )
-    local_best = paths.model_dir(FOLD, MODEL) / "best.pt"
+    local_best = latest_dirs(paths, FOLD, MODEL)[0] / "best.pt"
     assert Path(best).read_bytes() == local_best.read_bytes()
     stored = {p.name for p in mlflow_server.artifacts.rglob("*") if p.is_file()}
     assert {"best.pt", "summary_metrics.json"} <= stored

@@ -18,6 +18,7 @@ from ml_core.folds import FOLD_NAMES
 from ml_core.io import load_torch
 from ml_core.models import model_names
 from ml_core.paths import DataPaths
+from ml_core.protocol import latest_dirs
 from orchestration.definitions import defs as load_defs
 from orchestration.defs.automation import fold_backfill_schedule, raw_files_sensor
 from orchestration.defs.resources import DataRoot
@@ -99,7 +100,7 @@ def test_failed_training_retries_and_resumes_from_last_checkpoint(
     )
     assert result.success
     assert calls == [False, True]  # first attempt fresh, the retry resumed
-    resumed = load_torch(paths.model_dir(fold, model) / "last.pt")
+    resumed = load_torch(latest_dirs(paths, fold, model)[0] / "last.pt")
     assert resumed["step"] > 7
     for name, tensor in expected.items():
         assert torch.equal(tensor, resumed["model_state"][name]), name

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from ml_core.evaluate import BUNDLE_FILES
 from ml_core.paths import DataPaths
+from ml_core.protocol import latest_dirs
 from tests.integration.conftest import execute
 
 FOLD = "holdout-106"
@@ -55,8 +56,8 @@ def test_models_train_beat_the_baseline_and_write_full_bundles(
 ) -> None:
     paths, _, instance = trained
     for model in MODELS:
-        assert (paths.model_dir(FOLD, model) / "best.pt").exists()
-        bundle = paths.evaluation_dir(FOLD, model)
+        assert (latest_dirs(paths, FOLD, model)[0] / "best.pt").exists()
+        bundle = latest_dirs(paths, FOLD, model)[1]
         assert sorted(p.name for p in bundle.iterdir() if not p.name.startswith(".")) == sorted(
             BUNDLE_FILES
         )
@@ -100,6 +101,57 @@ def test_leaderboard_lists_every_trained_model(
 ) -> None:
     paths, _, _ = trained
     board = json.loads((paths.reports / "leaderboard.json").read_text())
-    assert sorted(row["model"] for row in board["rows"]) == sorted(MODELS)
+    (section,) = board["protocols"]
+    assert sorted(row["model"] for row in section["rows"]) == sorted(MODELS)
     markdown = (paths.reports / "leaderboard.md").read_text()
     assert "synthetic" in markdown and "holdout-106" in markdown
+    assert section["protocol"]["description"] in markdown
+
+
+def test_every_result_records_its_protocol(
+    trained: tuple[DataPaths, str, dg.DagsterInstance],
+) -> None:
+    paths, tracking_uri, instance = trained
+    model_dir, bundle = latest_dirs(paths, FOLD, "temporal_cnn")
+    summary = json.loads((bundle / "summary_metrics.json").read_text())
+    history = json.loads((model_dir / "history.json").read_text())
+    protocol = summary["protocol"]
+    assert history["protocol"] == protocol and protocol["id"] == model_dir.parent.name
+    assert (protocol["window"], protocol["stride"], protocol["sampling_rate_hz"]) == (256, 128, 100)
+    assert (protocol["window_s"], protocol["epochs"], summary["seed"]) == (2.56, 2, 0)
+    assert summary["validation_subject"] == 105
+    client = MlflowClient(tracking_uri=tracking_uri)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("pamap2").experiment_id],  # type: ignore[union-attr]
+        filter_string=f"tags.protocol_id = '{protocol['id']}' and tags.model = 'temporal_cnn'",
+    )
+    assert run.data.params["protocol_class_set"] == "protocol12"
+    event = instance.get_latest_materialization_event(dg.AssetKey("evaluation_bundle"))
+    assert event is not None and event.asset_materialization is not None
+    assert event.asset_materialization.metadata["protocol_id"].value == protocol["id"]
+
+
+def test_another_protocol_is_stored_beside_the_old_one(
+    trained: tuple[DataPaths, str, dg.DagsterInstance], tmp_path: Path
+) -> None:
+    paths, _, _ = trained
+    root = tmp_path / "data"
+    shutil.copytree(paths.root, root)
+    other = DataPaths(root)
+    old_dir, old_bundle = latest_dirs(other, FOLD, "feature_gbm")
+    old_summary = (old_bundle / "summary_metrics.json").read_bytes()
+    config = {"ops": {"trained_model": {"config": {"window": 128, "stride": 64}}}}
+    key = dg.MultiPartitionKey({"fold": FOLD, "model": "feature_gbm"})
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PAMAP_DATA_ROOT", str(root))
+        env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        instance = dg.DagsterInstance.ephemeral()
+        assert execute("training_job", instance, key, config).success
+        assert execute("report_job", instance).success
+    new_dir, new_bundle = latest_dirs(other, FOLD, "feature_gbm")
+    assert new_dir.parent.name != old_dir.parent.name  # a new protocol id
+    assert (old_bundle / "summary_metrics.json").read_bytes() == old_summary
+    assert (old_dir / "best.pt").exists() and (new_dir / "best.pt").exists()
+    board = json.loads((other.reports / "leaderboard.json").read_text())
+    ids = {s["protocol"]["id"]: [r["model"] for r in s["rows"]] for s in board["protocols"]}
+    assert ids == {old_dir.parent.name: sorted(MODELS), new_dir.parent.name: ["feature_gbm"]}

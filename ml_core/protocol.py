@@ -1,0 +1,134 @@
+"""Evaluation protocols: the settings that make two results comparable, and their short id.
+
+Two results may share a leaderboard row or a folder only when they were produced under the
+same protocol: the same window and stride, sampling rate (after decimation), class set, loss
+and epoch budget. The seed is recorded with every result too, but it is not part of the id:
+runs that differ only in seed are replicates of one protocol, and the leaderboard shows their
+spread rather than ranking them apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ml_core.columns import ACTIVITY_NAMES, CLASS_SETS, SAMPLE_RATE_HZ
+from ml_core.io import write_json
+from ml_core.paths import DataPaths
+
+PROTOCOL_FIELDS: tuple[str, ...] = (
+    "window",
+    "stride",
+    "decimate",
+    "class_set",
+    "loss",
+    "epochs",
+)
+
+
+@dataclass(frozen=True)
+class EvaluationProtocol:
+    """What a result was measured under; `id` is derived from every field."""
+
+    window: int  # samples after decimation
+    stride: int  # samples after decimation
+    decimate: int  # keep every `decimate`-th row of the 100 Hz recording
+    class_set: str
+    loss: str
+    epochs: int
+
+    @classmethod
+    def of(cls, config: Any) -> EvaluationProtocol:
+        """The protocol of a `ml_core.train.TrainConfig` (duck-typed: no torch import here)."""
+        w = config.window
+        return cls(w.window, w.stride, w.decimate, w.class_set, config.loss, config.epochs)
+
+    @property
+    def sampling_rate_hz(self) -> float:
+        return SAMPLE_RATE_HZ / self.decimate
+
+    @property
+    def window_s(self) -> float:
+        return self.window / self.sampling_rate_hz
+
+    @property
+    def stride_s(self) -> float:
+        return self.stride / self.sampling_rate_hz
+
+    @property
+    def id(self) -> str:
+        """`p` + 8 hex digits of the SHA-256 of the fields: short, stable, a valid folder name."""
+        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return "p" + hashlib.sha256(canonical.encode()).hexdigest()[:8]
+
+    def describe(self) -> str:
+        """One line a reader can check a result against."""
+        classes = CLASS_SETS[self.class_set]
+        return (
+            f"protocol {self.id}: {self.window}-sample windows ({self.window_s:g} s), stride "
+            f"{self.stride} ({self.stride_s:g} s), {self.sampling_rate_hz:g} Hz, class set "
+            f"{self.class_set} ({len(classes)} classes), loss {self.loss}, {self.epochs} epochs"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, the derived rates and durations, the class list and the id."""
+        return {
+            "id": self.id,
+            **asdict(self),
+            "sampling_rate_hz": self.sampling_rate_hz,
+            "window_s": self.window_s,
+            "stride_s": self.stride_s,
+            "classes": [ACTIVITY_NAMES[c] for c in CLASS_SETS[self.class_set]],
+            "description": self.describe(),
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EvaluationProtocol:
+        """Inverse of `to_dict`; a recorded id that does not match its fields is an error."""
+        protocol = cls(**{k: values[k] for k in PROTOCOL_FIELDS})
+        if "id" in values and values["id"] != protocol.id:
+            raise ValueError(
+                f"protocol id {values['id']!r} does not match its fields (expected {protocol.id})"
+            )
+        return protocol
+
+
+@dataclass(frozen=True)
+class LatestTraining:
+    """Which protocol and seeds the last training of a fold × model wrote (its evaluation
+    reads these)."""
+
+    protocol_id: str
+    seeds: list[int]
+
+
+def latest_training_path(model_root: Path) -> Path:
+    return Path(model_root) / "latest.json"
+
+
+def write_latest_training(model_root: Path, protocol: EvaluationProtocol, seeds: list[int]) -> Path:
+    return write_json(
+        {"protocol_id": protocol.id, "protocol": protocol.to_dict(), "seeds": list(seeds)},
+        latest_training_path(model_root),
+    )
+
+
+def read_latest_training(model_root: Path) -> LatestTraining:
+    path = latest_training_path(model_root)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no training recorded here; materialize trained_model")
+    record = json.loads(path.read_text())
+    return LatestTraining(str(record["protocol_id"]), [int(s) for s in record["seeds"]])
+
+
+def latest_dirs(paths: DataPaths, fold: str, model: str) -> tuple[Path, Path]:
+    """(model folder, evaluation folder) of the first seed of the latest training."""
+    latest = read_latest_training(paths.model_root(fold, model))
+    seed = latest.seeds[0]
+    return (
+        paths.model_dir(fold, model, latest.protocol_id, seed),
+        paths.evaluation_dir(fold, model, latest.protocol_id, seed),
+    )

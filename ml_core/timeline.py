@@ -1,0 +1,356 @@
+"""Activity timelines: a model over a whole recording, window by window, then smoothed in time.
+
+A recording (the 56-field table of `ml_core.ingest`, raw rows at 100 Hz) is cut into sliding
+windows that never cross a time gap or a session; a model that takes raw windows (the MLflow
+serving model, which cleans and normalises itself) gives class probabilities per window; a
+temporal smoother turns them into a timeline:
+- `hmm`: Viterbi decoding with a sticky transition matrix (stay with probability `stay`,
+  otherwise move to any other class uniformly) over the model's posteriors as emissions;
+- `median`: a centred median filter of each class's probability over `median_windows`
+  consecutive windows, then argmax;
+- `none`: the raw argmax.
+Smoothing runs inside each contiguous segment. Labels, where the recording has them, are the
+majority activity of the window's rows; activity 0 (transient) windows are shown but not scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from scipy.ndimage import median_filter
+
+from ml_core.columns import (
+    ACTIVITY,
+    ACTIVITY_NAMES,
+    CLASS_SETS,
+    MODEL_CHANNELS,
+    SESSION,
+    TIMESTAMP,
+)
+from ml_core.io import atomic_path, write_parquet
+from ml_core.protocol import EvaluationProtocol
+
+Smoothing = Literal["hmm", "median", "none"]
+# Consecutive rows further apart than this are a gap (PAMAP2 samples every 0.01 s).
+MAX_STEP_S = 0.05
+
+
+@dataclass(frozen=True)
+class RecordingWindows:
+    """Raw windows [N, T, C] in MODEL_CHANNELS order, where they start and end, their labels."""
+
+    windows: np.ndarray
+    start_s: np.ndarray
+    end_s: np.ndarray
+    segment: np.ndarray  # contiguous-segment id of each window
+    session: np.ndarray
+    label: np.ndarray  # majority activity id of the window's rows
+
+
+def cut_windows(frame: pl.DataFrame, window: int, stride: int) -> RecordingWindows:
+    """Sliding windows of `window` raw rows every `stride` rows, never across a time gap or a
+    session boundary (vectorised: one gather for all windows)."""
+    frame = frame.sort([SESSION, TIMESTAMP]) if SESSION in frame.columns else frame
+    t = frame[TIMESTAMP].to_numpy()
+    session = frame[SESSION].to_numpy() if SESSION in frame.columns else np.full(len(t), "inbox")
+    breaks = (
+        np.flatnonzero(
+            (np.diff(t) > MAX_STEP_S) | (np.diff(t) <= 0) | (session[1:] != session[:-1])
+        )
+        + 1
+    )
+    bounds = np.concatenate([[0], breaks, [len(t)]])
+    starts, segments = [], []
+    for seg, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        if b - a >= window:
+            first = np.arange(a, b - window + 1, stride)
+            starts.append(first)
+            segments.append(np.full(len(first), seg))
+    start = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
+    segment = np.concatenate(segments) if segments else np.zeros(0, dtype=np.int64)
+    rows = start[:, None] + np.arange(window)[None, :]
+    values = frame.select(MODEL_CHANNELS).to_numpy().astype(np.float32)
+    labels = frame[ACTIVITY].to_numpy().astype(np.int64)
+    window_labels = labels[rows] if len(start) else np.zeros((0, window), dtype=np.int64)
+    return RecordingWindows(
+        windows=values[rows]
+        if len(start)
+        else np.zeros((0, window, len(MODEL_CHANNELS)), np.float32),
+        start_s=t[start],
+        end_s=t[start + window - 1] if len(start) else np.zeros(0),
+        segment=segment,
+        session=session[start],
+        label=_row_mode(window_labels),
+    )
+
+
+def _row_mode(values: np.ndarray) -> np.ndarray:
+    """The most common value of each row (smallest on ties)."""
+    if values.size == 0:
+        return np.zeros(len(values), dtype=np.int64)
+    ordered = np.sort(values, axis=1)
+    change = np.ones_like(ordered, dtype=bool)
+    change[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    run_id = np.cumsum(change, axis=1) - 1
+    counts = np.zeros_like(ordered)
+    np.add.at(counts, (np.arange(len(ordered))[:, None], run_id), 1)
+    best = counts.argmax(axis=1)
+    first_of_run = np.where(change, np.arange(ordered.shape[1])[None, :], ordered.shape[1])
+    position = np.sort(first_of_run, axis=1)[np.arange(len(ordered)), best]
+    return ordered[np.arange(len(ordered)), position]
+
+
+def viterbi(probs: np.ndarray, stay: float) -> np.ndarray:
+    """Most likely class sequence under a sticky Markov chain with `probs` as emissions."""
+    n, k = probs.shape
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    log_emit = np.log(np.clip(probs, 1e-12, 1.0))
+    move = (1.0 - stay) / max(k - 1, 1)
+    log_trans = np.log(np.where(np.eye(k, dtype=bool), stay, move))
+    score = log_emit[0] - np.log(k)
+    back = np.zeros((n, k), dtype=np.int64)
+    for i in range(1, n):  # over windows (thousands), vectorised over classes
+        candidates = score[:, None] + log_trans
+        back[i] = candidates.argmax(axis=0)
+        score = candidates.max(axis=0) + log_emit[i]
+    path = np.empty(n, dtype=np.int64)
+    path[-1] = int(score.argmax())
+    for i in range(n - 1, 0, -1):
+        path[i - 1] = back[i, path[i]]
+    return path
+
+
+def smooth(
+    probs: np.ndarray,
+    segment: np.ndarray,
+    method: Smoothing = "hmm",
+    stay: float = 0.95,
+    median_windows: int = 5,
+) -> np.ndarray:
+    """Smoothed class index per window, each contiguous segment on its own."""
+    out = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=np.int64)
+    if method == "none":
+        return out
+    for seg in np.unique(segment):
+        rows = np.flatnonzero(segment == seg)
+        if method == "hmm":
+            out[rows] = viterbi(probs[rows], stay)
+        else:
+            filtered = median_filter(probs[rows], size=(median_windows, 1), mode="nearest")
+            out[rows] = filtered.argmax(axis=1)
+    return out
+
+
+def macro_f1(true: np.ndarray, pred: np.ndarray) -> float | None:
+    """Macro F1 over the classes present in `true` (None without labelled windows)."""
+    if len(true) == 0:
+        return None
+    classes = np.unique(np.concatenate([true, pred]))
+    t, p = np.searchsorted(classes, true), np.searchsorted(classes, pred)
+    k = len(classes)
+    cm = np.bincount(t * k + p, minlength=k * k).reshape(k, k)
+    tp = np.diag(cm).astype(np.float64)
+    support, predicted = cm.sum(axis=1), cm.sum(axis=0)
+    f1 = 2 * tp / np.maximum(support + predicted, 1)
+    return float(f1[support > 0].mean())
+
+
+@dataclass
+class Timeline:
+    frame: pl.DataFrame  # one row per window
+    macro_f1_raw: float | None
+    macro_f1_smoothed: float | None
+    labelled_windows: int
+
+
+def build_timeline(
+    recording: pl.DataFrame,
+    predict: Callable[[np.ndarray], np.ndarray],
+    class_ids: list[int],
+    window: int,
+    stride: int,
+    method: Smoothing = "hmm",
+    batch_size: int = 512,
+) -> Timeline:
+    """Predict every window of `recording` with `predict` (raw windows -> probabilities over
+    `class_ids`), smooth, and score both against the labels the recording has."""
+    cut = cut_windows(recording, window, stride)
+    probs = (
+        np.concatenate(
+            [
+                predict(cut.windows[i : i + batch_size])
+                for i in range(0, len(cut.windows), batch_size)
+            ]
+        )
+        if len(cut.windows)
+        else np.zeros((0, len(class_ids)))
+    )
+    ids = np.asarray(class_ids, dtype=np.int64)
+    raw = ids[probs.argmax(axis=1)] if len(probs) else np.zeros(0, dtype=np.int64)
+    smoothed = ids[smooth(probs, cut.segment, method)] if len(probs) else raw
+    frame = pl.DataFrame(
+        {
+            "start_s": cut.start_s,
+            "end_s": cut.end_s,
+            "session": cut.session.astype(str),
+            "segment": cut.segment,
+            "true_activity_id": cut.label,
+            "predicted_activity_id": raw,
+            "smoothed_activity_id": smoothed,
+            **{f"p_{c}": probs[:, i] for i, c in enumerate(class_ids)},
+        }
+    )
+    scored = np.isin(cut.label, ids)  # activity 0 and classes outside the model's set
+    return Timeline(
+        frame=frame,
+        macro_f1_raw=macro_f1(cut.label[scored], raw[scored]),
+        macro_f1_smoothed=macro_f1(cut.label[scored], smoothed[scored]),
+        labelled_windows=int(scored.sum()),
+    )
+
+
+def plot_timeline(timeline: Timeline, title: str, target: Path) -> Path:
+    """Predicted (raw and smoothed) activities against the labels, as coloured bands in time."""
+    frame = timeline.frame
+    activities = sorted(
+        set(frame["true_activity_id"].to_list())
+        | set(frame["predicted_activity_id"].to_list())
+        | set(frame["smoothed_activity_id"].to_list())
+    )
+    colour = {a: colormaps["tab20"](i % 20) for i, a in enumerate(activities)}
+    sessions = frame["session"].unique(maintain_order=True).to_list() or ["(empty)"]
+    fig = Figure(figsize=(14, 2.2 + 1.6 * len(sessions)))
+    FigureCanvasAgg(fig)
+    for i, session in enumerate(sessions):
+        ax = fig.add_subplot(len(sessions), 1, i + 1)
+        part = frame.filter(pl.col("session") == session)
+        start, end = part["start_s"].to_numpy(), part["end_s"].to_numpy()
+        for row, column in enumerate(
+            ("true_activity_id", "predicted_activity_id", "smoothed_activity_id")
+        ):
+            values = part[column].to_numpy()
+            ax.broken_barh(
+                list(zip(start, end - start, strict=True)),
+                (2 - row - 0.4, 0.8),
+                facecolors=[colour[v] for v in values],
+            )
+        ax.set_yticks([2, 1, 0], ["labels", "predicted", "smoothed"])
+        ax.set_title(f"{title}: {session}", fontsize=9)
+        ax.set_xlabel("time (s)")
+    handles = [Patch(color=colour[a], label=ACTIVITY_NAMES.get(a, str(a))) for a in activities]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), fontsize=7)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return Path(target)
+
+
+def write_timeline(timeline: Timeline, target: Path) -> Path:
+    return write_parquet(timeline.frame, target, compression="zstd")
+
+
+# --- the registered champion over a recording --------------------------------------------------
+
+CHAMPION_MODEL_NAME = "pamap2-activity"
+CHAMPION_ALIAS = "champion"
+
+
+@dataclass
+class ServingModel:
+    """A registered model version, the protocol it was trained under, and its predict."""
+
+    name: str
+    version: str
+    run_id: str
+    protocol: EvaluationProtocol
+    predict: Callable[[np.ndarray], np.ndarray]
+
+    @property
+    def class_ids(self) -> list[int]:
+        return list(CLASS_SETS[self.protocol.class_set])
+
+
+def load_registered_model(
+    tracking_uri: str, name: str = CHAMPION_MODEL_NAME, alias: str = CHAMPION_ALIAS
+) -> ServingModel:
+    """The model version `name@alias` from the MLflow Model Registry, as a raw-window
+    predictor; its protocol comes from the params of the run that logged it."""
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        raise LookupError(
+            f"no model version {name}@{alias} in the registry at {tracking_uri}: "
+            "materialize champion_model first"
+        ) from exc
+    params = client.get_run(str(version.run_id)).data.params
+    protocol = EvaluationProtocol.from_dict(
+        {k: int(params[f"protocol_{k}"]) for k in ("window", "stride", "decimate", "epochs")}
+        | {k: params[f"protocol_{k}"] for k in ("class_set", "loss", "id")}
+    )
+    mlflow.set_tracking_uri(tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+
+    def predict(windows: np.ndarray) -> np.ndarray:
+        return np.asarray(model.predict(windows.astype(np.float32)), dtype=np.float64)
+
+    return ServingModel(name, str(version.version), str(version.run_id), protocol, predict)
+
+
+def run_timeline(
+    recording: pl.DataFrame,
+    model: ServingModel,
+    out_dir: Path,
+    title: str,
+    method: Smoothing = "hmm",
+) -> dict[str, object]:
+    """Predict, smooth and score `recording`, then write `timeline.parquet` and `timeline.png`
+    into `out_dir`. Everything is computed before anything is written, and each file is
+    written atomically, so a failure leaves the previous timeline in place."""
+    p = model.protocol
+    # The serving model takes raw 100 Hz rows and decimates itself.
+    timeline = build_timeline(
+        recording,
+        model.predict,
+        model.class_ids,
+        p.window * p.decimate,
+        p.stride * p.decimate,
+        method,
+    )
+    parquet = write_timeline(timeline, Path(out_dir) / "timeline.parquet")
+    plot = plot_timeline(
+        timeline,
+        f"{title} · {model.name} v{model.version} · {method}",
+        Path(out_dir) / "timeline.png",
+    )
+    change = (
+        None
+        if timeline.macro_f1_raw is None or timeline.macro_f1_smoothed is None
+        else timeline.macro_f1_smoothed - timeline.macro_f1_raw
+    )
+    return {
+        "windows": len(timeline.frame),
+        "labelled_windows": timeline.labelled_windows,
+        "macro_f1_raw": timeline.macro_f1_raw,
+        "macro_f1_smoothed": timeline.macro_f1_smoothed,
+        "smoothing_change": change,
+        "smoothing": method,
+        "model": f"{model.name} v{model.version} (run {model.run_id})",
+        "protocol": p.describe(),
+        "parquet": str(parquet),
+        "plot": str(plot),
+    }
