@@ -59,5 +59,7 @@ def test_model_settings_are_used_and_the_full_config_is_recorded(
     assert config["model_overrides"] == {"max_iter": 7}
     assert config["loss"] == "focal" and config["epochs"] == 1
     assert config["window"]["class_set"] == "protocol12"
-    checkpoint = load_torch(paths.model_dir("holdout-106", "feature_gbm") / "best.pt")
+    best = record.asset_materialization.metadata["checkpoint"].value
+    assert isinstance(best, str) and Path(best).is_relative_to(paths.root)
+    checkpoint = load_torch(best)
     assert checkpoint["model_overrides"] == {"max_iter": 7}
