@@ -7,13 +7,20 @@ ingest step) does not import torch, scikit-learn or MLflow.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ml_core.columns import CLASS_SETS
 
-LOSSES = ("weighted_ce", "focal")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("fp32", "bf16")
+# The enumerated settings as types, so a typed config (Dagster's launchpad) rejects a typo
+# before a run starts; the tuples are for checks at run time.
+Loss = Literal["weighted_ce", "focal"]
+Device = Literal["auto", "cpu", "cuda", "mps"]
+ClassSet = Literal["protocol12", "protocol11", "all18"]
+LOSSES: tuple[str, ...] = get_args(Loss)
+DEVICES: tuple[str, ...] = get_args(Device)
+assert set(get_args(ClassSet)) == set(CLASS_SETS), "ClassSet must name every CLASS_SETS entry"
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 @dataclass(frozen=True)
@@ -23,7 +30,7 @@ class WindowConfig:
     window: int = 256
     stride: int = 128
     decimate: int = 1
-    class_set: str = "protocol12"
+    class_set: ClassSet = "protocol12"
 
     def __post_init__(self) -> None:
         for name, least in (("window", 2), ("stride", 1), ("decimate", 1)):
@@ -99,13 +106,13 @@ class TrainConfig:
     warmup_steps: int = 20
     max_steps: int | None = None
     grad_clip: float | None = 1.0
-    loss: str = "weighted_ce"
+    loss: Loss = "weighted_ce"
     focal_gamma: float = 2.0
     balanced_sampling: bool = False
     loss_class_weights: bool | None = None
     patience: int | None = 3
     seed: int = 0
-    device: str = "auto"
+    device: Device = "auto"
     eval_batch_size: int = 256
     model_overrides: dict[str, Any] = field(default_factory=dict)
     window: WindowConfig = field(default_factory=WindowConfig)
@@ -125,6 +132,8 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}"
             )
+        if self.device not in DEVICES:
+            raise ValueError(f"TrainConfig.device must be one of {DEVICES}, got {self.device!r}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")

@@ -8,6 +8,7 @@ dict of small values (rows, paths, timings) fit for asset metadata.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,7 +20,7 @@ from ml_core import folds as fold_lib
 from ml_core.columns import ACTIVITY, ACTIVITY_NAMES, HEART_RATE, SESSION
 from ml_core.impute import impute_recording
 from ml_core.ingest import read_subject
-from ml_core.io import write_parquet
+from ml_core.io import replace_dir, staging_root, write_parquet
 from ml_core.paths import DataPaths
 from ml_core.schema import ValidationResult, drop_transient, nan_rates, validate_recording
 from ml_core.shards import check_shard_rows, write_activity_shards
@@ -88,21 +89,30 @@ def impute_subject(paths: DataPaths, subject: int) -> dict[str, Any]:
 
 
 def shard_subject(paths: DataPaths, subject: int) -> tuple[bool, str, dict[str, Any]]:
-    """Write per-activity parquet and tensor shards; check that no row was lost or duplicated."""
+    """Write per-activity parquet and tensor shards into a staging folder, check that no row was
+    lost or duplicated, and only then swap them in: a failed check keeps the previous shards."""
     started = time.perf_counter()
     frame = pl.read_parquet(paths.table("imputed_recording", subject))
-    report = write_activity_shards(frame, paths, subject)
-    passed, message = check_shard_rows(frame, report)
+    with staging_root(paths.root, f"shards-{subject}") as stage:
+        staged = DataPaths(stage)
+        report = write_activity_shards(frame, staged, subject)
+        passed, message = check_shard_rows(frame, report)
+        if passed:
+            staged.shard_dir(subject).mkdir(parents=True, exist_ok=True)  # none when no rows
+            replace_dir(staged.shard_dir(subject), paths.shard_dir(subject))
+            replace_dir(staged.tensor_shard_dir(subject), paths.tensor_shard_dir(subject))
     summary = {
         "rows": frame.height,
         "shards": report.shards,
+        "written": passed,
         "seconds": round(time.perf_counter() - started, 3),
     }
     return passed, message, summary
 
 
 def build_fold_manifests(paths: DataPaths, fold: str, window: int = 256) -> dict[str, Any]:
-    """Write a fold's train/val/test manifests from the shard indexes, then check them."""
+    """Write a fold's train/val/test manifests into a staging folder, check the manifests as
+    written, and only then move them into place: a failed check keeps the previous manifests."""
     started = time.perf_counter()
     shards = fold_lib.load_shard_index(paths)
     if not shards:
@@ -110,15 +120,26 @@ def build_fold_manifests(paths: DataPaths, fold: str, window: int = 256) -> dict
             f"no activity shards under {paths.root}: materialize activity_shards first"
         )
     ranges = fold_lib.build_fold(fold, shards, window=window)
-    report = fold_lib.write_manifests(paths, fold, ranges, window=window, shards=shards)
-    checks = {"no_overlap": fold_lib.check_no_overlap(ranges)}
-    if fold == "stratified":
-        checks["coverage_70_15_15"] = fold_lib.check_stratified_coverage(ranges, window=window)
-    else:
-        checks["subject_disjoint"] = fold_lib.check_subject_disjoint(ranges)
+    with staging_root(paths.root, f"fold-{fold}") as stage:
+        staged = DataPaths(stage)
+        report = fold_lib.write_manifests(staged, fold, ranges, window=window, shards=shards)
+        written = fold_lib.read_fold(staged, fold)
+        checks = {"no_overlap": fold_lib.check_no_overlap(written)}
+        if fold == "stratified":
+            checks["coverage_70_15_15"] = fold_lib.check_stratified_coverage(written, window=window)
+        else:
+            checks["subject_disjoint"] = fold_lib.check_subject_disjoint(written)
+        passed = all(ok for ok, _ in checks.values())
+        if passed:
+            for split in fold_lib.SPLITS:
+                target = paths.manifest(fold, split)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged.manifest(fold, split), target)
+                report.manifests[split] = str(target)
     return {
         "report": report,
         "checks": checks,
+        "passed": passed,
         "seconds": round(time.perf_counter() - started, 3),
     }
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
-from collections.abc import Generator
+import shutil
+import tempfile
+from collections.abc import Generator, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +51,31 @@ def atomic_path(target: str | Path) -> Generator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def staging_root(root: str | Path, name: str) -> Generator[Path]:
+    """A fresh folder under `<root>/.staging/` to write a whole output into before it is checked;
+    removed on exit, so a failed check leaves nothing behind. Same file system as `root`, so a
+    checked output moves into place by renaming (`replace_dir`)."""
+    parent = Path(root) / ".staging"
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def replace_dir(staged: Path, target: Path) -> None:
+    """Move the folder `staged` onto `target`, removing the previous `target` only afterwards."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.with_name(f".{target.name}.replaced")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staged, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def write_json(obj: Any, target: str | Path) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
@@ -82,3 +110,38 @@ def load_torch(path: str | Path, mmap: bool = False) -> Any:
     import torch
 
     return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def files_digest(files: Iterable[Path], root: Path) -> str:
+    """sha256 over files' paths (relative to `root`) and bytes, in path order: an output's data
+    version. Equal outputs give equal digests however often they are rewritten."""
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """sha256 over a checkpoint's model state (tensors by bytes, nested settings by value). The
+    file's own bytes differ between two saves of the same state, so they cannot be a version."""
+    import torch
+
+    digest = hashlib.sha256()
+
+    def add(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
+            digest.update(value.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                digest.update(f"<{key}>".encode())
+                add(value[key])
+        elif isinstance(value, list | tuple):
+            for item in value:
+                add(item)
+        else:
+            digest.update(repr(value).encode())
+
+    add(load_torch(path)["model_state"])
+    return digest.hexdigest()

@@ -1,19 +1,91 @@
-"""`pamap`: the project's command line (synthetic data, the end-to-end demo, the real download)."""
+"""`pamap`: the project's command line (synthetic data, the end-to-end demo, the UIs, the real
+download)."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ml_core.folds import FOLD_NAMES
+from ml_core.models import model_names
 from ml_core.paths import PROJECT_ROOT, DataPaths, default_data_root
+
+DAGSTER_PORT = 3000
+MLFLOW_PORT = 5000
 
 
 def _use_project_instance() -> None:
     """Share one persistent Dagster instance between this command, `dagster dev` and the daemon."""
     os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT))
+
+
+def tracking_uri(paths: DataPaths) -> str:
+    """Where the platform logs: env `MLFLOW_TRACKING_URI`, else the SQLite store in the data root
+    (what the `mlflow` resource resolves to)."""
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.root / 'mlflow' / 'mlflow.db'}"
+    )
+
+
+def ui_commands(paths: DataPaths) -> dict[str, list[str]]:
+    """The UI servers `pamap ui` starts, bound to 127.0.0.1: Dagster's webserver with its daemon
+    (`dagster dev`), and MLflow's UI unless the tracking URI is already a server."""
+    bin_dir = Path(sys.executable).parent
+    commands = {
+        "dagster": [
+            str(bin_dir / "dagster"),
+            "dev",
+            "-w",
+            str(PROJECT_ROOT / "workspace.yaml"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(DAGSTER_PORT),
+        ]
+    }
+    uri = tracking_uri(paths)
+    if not uri.startswith(("http://", "https://")):
+        commands["mlflow"] = [
+            str(bin_dir / "mlflow"),
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(MLFLOW_PORT),
+        ]
+    return commands
+
+
+def where_to_look(paths: DataPaths, dagster_home: str) -> str:
+    """Commands that work as printed, from the project folder."""
+    uri = tracking_uri(paths)
+    data_root = shlex.quote(str(paths.root))
+    lines = [
+        "where to look (run from the project folder):",
+        f"  both UIs   : uv run pamap --data-root {data_root} ui"
+        f"  (Dagster http://127.0.0.1:{DAGSTER_PORT}, MLflow http://127.0.0.1:{MLFLOW_PORT})",
+        f"  Dagster UI : DAGSTER_HOME={shlex.quote(dagster_home)} PAMAP_DATA_ROOT={data_root} "
+        "uv run dagster dev -h 127.0.0.1",
+    ]
+    if uri.startswith(("http://", "https://")):
+        lines.append(f"  MLflow UI  : {uri}")
+    else:
+        lines.append(
+            f"  MLflow UI  : uv run mlflow ui --backend-store-uri {shlex.quote(uri)} "
+            "--host 127.0.0.1"
+        )
+    lines.append(
+        f"  files      : {paths.root} (reports/leaderboard.md, evaluation/<fold>/<model>/)"
+    )
+    return "\n".join(lines)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -39,6 +111,34 @@ def _demo(args: argparse.Namespace) -> int:
         force=args.force,
         class_set=args.class_set,
     )
+
+
+def _ui(args: argparse.Namespace) -> int:
+    _use_project_instance()
+    paths = DataPaths(Path(args.data_root).resolve())
+    (paths.root / "mlflow").mkdir(parents=True, exist_ok=True)
+    servers = {
+        name: subprocess.Popen(command, cwd=PROJECT_ROOT)
+        for name, command in ui_commands(paths).items()
+    }
+    home = os.environ["DAGSTER_HOME"]
+    print(f"Dagster UI and daemon: http://127.0.0.1:{DAGSTER_PORT}  (DAGSTER_HOME={home})")
+    if "mlflow" in servers:
+        print(f"MLflow UI: http://127.0.0.1:{MLFLOW_PORT}  ({tracking_uri(paths)})")
+    print("Ctrl-C stops both.", flush=True)
+    try:
+        while all(p.poll() is None for p in servers.values()):
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for server in servers.values():
+            if server.poll() is None:
+                server.terminate()
+        for server in servers.values():
+            server.wait(timeout=30)
+    failed = [name for name, p in servers.items() if p.returncode not in (0, -15, None)]
+    return 1 if failed else 0
 
 
 def _fetch(args: argparse.Namespace) -> int:
@@ -68,24 +168,40 @@ def _variants(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    data_root_help = "data folder (env PAMAP_DATA_ROOT; default ./data)"
     parser = argparse.ArgumentParser(prog="pamap", description=__doc__)
-    parser.add_argument(
-        "--data-root",
-        default=str(default_data_root()),
-        help="data folder (env PAMAP_DATA_ROOT; default ./data)",
-    )
+    parser.add_argument("--data-root", default=str(default_data_root()), help=data_root_help)
+    # Also accepted after the subcommand; SUPPRESS keeps the value given before it otherwise.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-root", default=argparse.SUPPRESS, help=data_root_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    synth = sub.add_parser("synth", help="write a synthetic PAMAP2-format data set to data/raw")
+    synth = sub.add_parser(
+        "synth", parents=[common], help="write a synthetic PAMAP2 data set to data/raw"
+    )
     synth.add_argument("--scale", choices=["tiny", "demo", "full"], default="demo")
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_synth)
 
-    demo = sub.add_parser("demo", help="materialize the whole graph end to end")
+    models, folds = model_names(), list(FOLD_NAMES)
+    demo = sub.add_parser("demo", parents=[common], help="materialize the whole graph end to end")
     demo.add_argument(
-        "--models", nargs="+", default=None, help="models to train ('all': every registered one)"
+        "--models",
+        nargs="+",
+        choices=[*models, "all"],
+        default=None,
+        metavar="MODEL",
+        help="models to train (default feature_gbm temporal_cnn; 'all': every registered one); "
+        f"one of: {', '.join(models)}",
     )
-    demo.add_argument("--folds", nargs="+", default=None, help="folds to run (default all)")
+    demo.add_argument(
+        "--folds",
+        nargs="+",
+        choices=folds,
+        default=None,
+        metavar="FOLD",
+        help=f"folds to run (default all); one of: {', '.join(folds)}",
+    )
     demo.add_argument("--scale", choices=["tiny", "demo", "full"], default="demo")
     demo.add_argument("--force", action="store_true", help="redo every step")
     demo.add_argument(
@@ -96,7 +212,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_demo)
 
-    fetch = sub.add_parser("fetch", help="download and verify the official PAMAP2 archive")
+    ui = sub.add_parser(
+        "ui",
+        parents=[common],
+        help=f"start the Dagster UI with its daemon (127.0.0.1:{DAGSTER_PORT}) and the MLflow UI "
+        f"(127.0.0.1:{MLFLOW_PORT}) on the project's instance and store",
+    )
+    ui.set_defaults(func=_ui)
+
+    fetch = sub.add_parser(
+        "fetch", parents=[common], help="download and verify the official PAMAP2 archive"
+    )
     fetch.add_argument("--url", default=None, help="archive URL (default: the UCI archive)")
     fetch.set_defaults(func=_fetch)
 

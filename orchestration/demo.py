@@ -1,8 +1,10 @@
 """`pamap demo`: materialize the whole graph into the project's persistent Dagster instance.
 
 Each partition runs as its own in-process Dagster run, so `dagster dev` afterwards shows every
-materialization with its metadata. A second call only redoes what changed: subjects whose raw
-files changed, folds built from changed subjects, and the models trained on changed folds.
+materialization with its metadata. What runs is what Dagster reports as missing or stale (the
+UI's badges): the raw files are observed first, then each stage asks Dagster, after the stage
+before it ran, which of its partitions are missing or stale (a changed file, new upstream
+content, a bumped code version). `--force` redoes everything.
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ from ml_core.folds import FOLD_NAMES
 from ml_core.models import model_names
 from ml_core.paths import DataPaths
 from ml_core.protocol import EvaluationProtocol, read_latest_training
-from ml_core.raw_files import raw_file_fingerprints, subject_fingerprint
 from ml_core.train import TrainConfig
+from orchestration.staleness import PartitionKey, Staleness, observe_raw_files
 
 DEFAULT_DEMO_MODELS: list[str] = ["feature_gbm", "temporal_cnn"]
+# Each job's assets in order, each reading the one before.
+INGEST_CHAIN = ("raw_recording", "validated_recording", "imputed_recording", "activity_shards")
+PREPARE_CHAIN = ("fold_manifests", "feature_stats")
+TRAINING_CHAIN = ("trained_model", "evaluation_bundle")
 # Step and epoch lines on the terminal; Dagster's per-event debug lines stay in the UI.
 QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
@@ -39,27 +45,12 @@ class Timing:
     runs: int = 0
 
 
-def _latest_metadata(
-    instance: dg.DagsterInstance, asset: str, partition: str | None
-) -> dict[str, object] | None:
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(
-            asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None
-        ),
-        limit=1,
-    ).records
-    if not records:
-        return None
-    materialization = records[0].asset_materialization
-    assert materialization is not None
-    return {k: v.value for k, v in materialization.metadata.items()}
-
-
 def _run(
     job: dg.JobDefinition,
     instance: dg.DagsterInstance,
     timing: Timing,
     label: str,
+    assets: Sequence[str],
     partition_key: str | dg.MultiPartitionKey | None = None,
     run_config: dict | None = None,
 ) -> None:
@@ -67,6 +58,7 @@ def _run(
     result = job.execute_in_process(
         instance=instance,
         partition_key=partition_key,
+        asset_selection=[dg.AssetKey(a) for a in assets],
         run_config=run_config or QUIET_CONSOLE,
         raise_on_error=False,
     )
@@ -89,7 +81,13 @@ def _run(
 
 def _say_if_up_to_date(done: Sized | int) -> None:
     if not (done if isinstance(done, int) else len(done)):
-        print("  up to date (nothing changed since the last run; --force redoes it)")
+        print("  up to date (Dagster reports nothing missing or stale; --force redoes it)")
+
+
+def _to_redo(
+    staleness: Staleness, chain: Sequence[str], partition: PartitionKey, force: bool
+) -> list[str]:
+    return list(chain) if force else staleness.to_redo(chain, partition)
 
 
 def _trained_under(paths: DataPaths, fold: str, model: str, protocol_id: str) -> bool:
@@ -142,6 +140,7 @@ def run_demo(
     class_set: str | None = None,
 ) -> int:
     from ml_core.synthetic import write_dataset
+    from orchestration.cli import where_to_look
     from orchestration.definitions import defs as load_defs
 
     began = time.perf_counter()
@@ -171,14 +170,12 @@ def run_demo(
         # 109's Protocol data is rope jumping only: nothing of this class set to test on.
         folds.remove("loso-109")
         print(f"loso-109 skipped: class set {train_config.window.class_set} has no rope jumping")
-    fingerprints = raw_file_fingerprints(paths)
     synth_s = 0.0
-    if not any(name.startswith("Protocol/") for name in fingerprints):
+    if not any(paths.dat_file("protocol", s).exists() for s in SUBJECTS):
         print(f"no PAMAP2 files in {paths.dataset}: writing the {scale}-scale synthetic set")
         summary = write_dataset(paths.raw, scale=scale, seed=0)
         synth_s = summary["seconds"]
         print(f"  {summary['rows']:,} rows in {len(summary['files'])} files")
-        fingerprints = raw_file_fingerprints(paths)
 
     definitions = load_defs()
     instance = dg.DagsterInstance.get()
@@ -189,64 +186,60 @@ def run_demo(
     report = definitions.resolve_job_def("report_job")
 
     print("1/4 ingest: parse, validate, impute and shard each subject")
-    changed_subjects: list[int] = []
+    observe_raw_files(instance, definitions)
+    staleness = Staleness(instance, definitions)
+    ingested = 0
     for subject in SUBJECTS:
-        if not any(name.endswith(f"subject{subject}.dat") for name in fingerprints):
+        if not paths.dat_file("protocol", subject).exists():
             continue
-        previous = _latest_metadata(instance, "activity_shards", str(subject))
-        raw = _latest_metadata(instance, "raw_recording", str(subject))
-        unchanged = (
-            previous is not None
-            and raw is not None
-            and raw.get("source_fingerprint") == subject_fingerprint(fingerprints, subject)
-            and (paths.tensor_shard_dir(subject) / "index.json").exists()
-        )
-        if unchanged and not force:
-            continue
-        _run(ingest, instance, timing, f"subject {subject}", partition_key=str(subject))
-        changed_subjects.append(subject)
-    _say_if_up_to_date(changed_subjects)
+        assets = _to_redo(staleness, INGEST_CHAIN, str(subject), force)
+        if assets:
+            _run(ingest, instance, timing, f"subject {subject}", assets, str(subject))
+            ingested += 1
+    _say_if_up_to_date(ingested)
 
     print("2/4 prepare: fold manifests and train-only feature statistics")
-    changed_folds: list[str] = []
+    staleness = Staleness(instance, definitions)
+    prepared = 0
     for fold in folds:
-        done = (
-            _latest_metadata(instance, "feature_stats", fold) and paths.feature_stats(fold).exists()
-        )
-        if done and not changed_subjects and not force:
-            continue
-        _run(prepare, instance, timing, f"fold {fold}", partition_key=fold)
-        changed_folds.append(fold)
-    _say_if_up_to_date(changed_folds)
+        assets = _to_redo(staleness, PREPARE_CHAIN, fold, force)
+        if assets:
+            _run(prepare, instance, timing, f"fold {fold}", assets, fold)
+            prepared += 1
+    _say_if_up_to_date(prepared)
 
     print(f"3/4 train and evaluate: {', '.join(models)} on {len(folds)} folds")
     print(f"  {protocol.describe()}")
+    staleness = Staleness(instance, definitions)
     trained = 0
     for fold in folds:
         for model in models:
             key = dg.MultiPartitionKey({"fold": fold, "model": model})
-            done = _latest_metadata(instance, "evaluation_bundle", str(key)) and _trained_under(
-                paths, fold, model, protocol.id
+            # Run config is not versioned: a model trained under another protocol is redone too.
+            assets = _to_redo(
+                staleness,
+                TRAINING_CHAIN,
+                key,
+                force or not _trained_under(paths, fold, model, protocol.id),
             )
-            if done and fold not in changed_folds and not force:
-                continue
-            _run(
-                training,
-                instance,
-                timing,
-                f"{fold} x {model}",
-                partition_key=key,
-                run_config=training_run_config,
-            )
-            trained += 1
+            if assets:
+                _run(
+                    training,
+                    instance,
+                    timing,
+                    f"{fold} x {model}",
+                    assets,
+                    key,
+                    run_config=training_run_config,
+                )
+                trained += 1
     _say_if_up_to_date(trained)
 
     print("4/4 leaderboard")
-    if trained or force or not (paths.reports / "leaderboard.md").exists():
-        _run(report, instance, timing, "leaderboard")
+    if trained or _to_redo(Staleness(instance, definitions), ("leaderboard",), None, force):
+        _run(report, instance, timing, "leaderboard", ["leaderboard"])
     else:
         _say_if_up_to_date(0)
-    mlflow_db = paths.root / "mlflow" / "mlflow.db"
     board = (paths.reports / "leaderboard.md").read_text()
     total = time.perf_counter() - began
 
@@ -259,11 +252,5 @@ def run_demo(
         f"{timing.step_s:.1f}s inside asset steps, orchestration overhead {overhead:.1f}s "
         f"({100 * overhead / max(orchestrated, 1e-9):.1f}% of {orchestrated:.1f}s)"
     )
-    print(
-        "\nwhere to look:\n"
-        f"  Dagster UI : DAGSTER_HOME={instance.root_directory} dagster dev  (http://127.0.0.1:3000)\n"
-        f"  MLflow UI  : mlflow ui --backend-store-uri sqlite:///{mlflow_db}"
-        " --host 127.0.0.1  (http://127.0.0.1:5000)\n"
-        f"  files      : {paths.root} (reports/leaderboard.md, evaluation/<fold>/<model>/)"
-    )
+    print("\n" + where_to_look(paths, str(instance.root_directory)))
     return 0

@@ -1,9 +1,13 @@
 """Small helpers that turn step reports into readable asset metadata."""
 
 import base64
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+import dagster as dg
+
+from ml_core.io import files_digest
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
@@ -18,6 +22,21 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def raise_blocked(check: dg.AssetCheckResult, detail: str) -> NoReturn:
+    """Fail the step after a blocking check failed: the check result (yielded before this) is
+    recorded for the partition, no materialization is, and the run fails without retries (the
+    same input would fail the same way)."""
+    raise dg.Failure(
+        description=f"blocking check {check.check_name!r} failed: {detail}", allow_retries=False
+    )
+
+
+def files_version(files: Iterable[str | Path], root: str | Path) -> dg.DataVersion:
+    """A content hash of an asset's output files: rewriting the same output keeps the version,
+    so nothing downstream turns stale."""
+    return dg.DataVersion(files_digest((Path(f) for f in files), Path(root)))
 
 
 def png_data_uri(path: str | Path) -> str:

@@ -8,6 +8,12 @@ from ml_core.raw_files import changed_subjects, raw_file_fingerprints, subject_f
 from orchestration.defs.partitions import fold_model_partitions
 from orchestration.defs.resources import DataRoot
 
+observe_job = dg.define_asset_job(
+    "observe_raw_files",
+    selection=dg.AssetSelection.assets("raw_files"),
+    description="Record each subject's raw-file fingerprint: a changed file makes its subject "
+    "stale.",
+)
 ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=dg.AssetSelection.groups("ingest") | dg.AssetSelection.assets("activity_shards"),

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from orchestration.code_versions import CODE_VERSIONS
 from orchestration.defs.report import leaderboard
 from orchestration.defs.resources import DataRoot, MlflowTracking
 from orchestration.metadata import markdown_table
@@ -16,7 +17,12 @@ class ChampionConfig(dg.Config):
     source_fold: str = "holdout-106"  # whose trained model is registered
 
 
-@dg.asset(group_name="report", kinds={"mlflow"}, deps=[leaderboard])
+@dg.asset(
+    group_name="report",
+    kinds={"mlflow"},
+    deps=[leaderboard],
+    code_version=CODE_VERSIONS["champion_model"],
+)
 def champion_model(
     config: ChampionConfig, data_root: DataRoot, mlflow: MlflowTracking
 ) -> dg.MaterializeResult:

@@ -1,22 +1,37 @@
 """Ingest stage: raw `.dat` files to validated, imputed per-subject tables."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 
 from ml_core import data_pipeline
-from ml_core.raw_files import raw_file_fingerprints, subject_fingerprint
+from ml_core.raw_files import raw_file_fingerprints, subject_fingerprint, subject_of
+from orchestration.code_versions import CODE_VERSIONS
 from orchestration.defs.partitions import subject_partitions
 from orchestration.defs.resources import DataRoot
-from orchestration.metadata import markdown_table
+from orchestration.metadata import files_version, markdown_table, raise_blocked
 
 
 def _subject(context: dg.AssetExecutionContext) -> int:
     return int(context.partition_key)
 
 
+@dg.observable_source_asset(partitions_def=subject_partitions, group_name="ingest")
+def raw_files(data_root: DataRoot) -> dg.DataVersionsByPartition:
+    """A subject's `.dat` files under `data/raw/PAMAP2_Dataset/{Protocol,Optional}/`. Observing
+    records one data version per subject (file sizes and modification times), so a new or
+    changed file makes that subject's `raw_recording` stale."""
+    current = raw_file_fingerprints(data_root.paths())
+    subjects = sorted({subject_of(name) for name in current})
+    return dg.DataVersionsByPartition({str(s): subject_fingerprint(current, s) for s in subjects})
+
+
 @dg.asset(
     partitions_def=subject_partitions,
     group_name="ingest",
     kinds={"polars", "parquet"},
+    deps=[raw_files],
+    code_version=CODE_VERSIONS["raw_recording"],
 )
 def raw_recording(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.MaterializeResult:
     """A subject's Protocol (and, when present, Optional) `.dat` files parsed into the 56-field
@@ -30,10 +45,8 @@ def raw_recording(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.
             "path": dg.MetadataValue.path(report["path"]),
             "size_mb": report["size_mb"],
             "parse_seconds": report["seconds"],
-            "source_fingerprint": subject_fingerprint(
-                raw_file_fingerprints(data_root.paths()), _subject(context)
-            ),
-        }
+        },
+        data_version=files_version([report["path"]], data_root.paths().root),
     )
 
 
@@ -42,21 +55,23 @@ def raw_recording(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.
     group_name="ingest",
     kinds={"pandera", "parquet"},
     deps=[raw_recording],
+    code_version=CODE_VERSIONS["validated_recording"],
     check_specs=[
         dg.AssetCheckSpec(
             "schema",
             asset="validated_recording",
             blocking=True,
+            partitions_def=subject_partitions,
             description="All 56 fields have the right types, physical ranges and known ids.",
         )
     ],
 )
 def validated_recording(
     context: dg.AssetExecutionContext, data_root: DataRoot
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """The raw table checked against a pandera schema of all 56 fields (types, physical ranges,
     known activity ids), with activity 0 (transient) dropped. A failed check blocks everything
-    downstream and leaves the previous good table in place."""
+    downstream, records no materialization and leaves the previous good table in place."""
     result, report = data_pipeline.validate_subject(data_root.paths(), _subject(context))
     check = dg.AssetCheckResult(
         check_name="schema",
@@ -70,12 +85,10 @@ def validated_recording(
         },
     )
     if not result.passed:
-        return dg.MaterializeResult(
-            metadata={"written": False, "schema_failures": result.n_failures},
-            check_results=[check],
-        )
+        yield check
+        raise_blocked(check, f"subject {_subject(context)}: {result.n_failures} schema failures")
     nan_rows = [{"sensor": k, "nan_rate": v} for k, v in report["nan_rates"].items()]
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "dagster/row_count": report["rows_kept"],
             "rows_dropped_activity_0": report["rows_dropped_activity_0"],
@@ -85,6 +98,7 @@ def validated_recording(
             "seconds": report["seconds"],
         },
         check_results=[check],
+        data_version=files_version([report["path"]], data_root.paths().root),
     )
 
 
@@ -93,6 +107,7 @@ def validated_recording(
     group_name="ingest",
     kinds={"polars", "parquet"},
     deps=[validated_recording],
+    code_version=CODE_VERSIONS["imputed_recording"],
 )
 def imputed_recording(
     context: dg.AssetExecutionContext, data_root: DataRoot
@@ -108,5 +123,6 @@ def imputed_recording(
             "dagster/row_count": rows,
             "path": dg.MetadataValue.path(path),
             "imputation": dg.MetadataValue.json(report),
-        }
+        },
+        data_version=files_version([path], data_root.paths().root),
     )

@@ -1,12 +1,17 @@
 """Prepare stage: per-activity shards, evaluation folds and per-fold feature statistics."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 
 from ml_core import data_pipeline
+from ml_core.folds import SPLITS
+from ml_core.shards import INDEX_NAME
+from orchestration.code_versions import CODE_VERSIONS
 from orchestration.defs.ingest import imputed_recording
 from orchestration.defs.partitions import fold_partitions, subject_partitions
 from orchestration.defs.resources import DataRoot
-from orchestration.metadata import markdown_table
+from orchestration.metadata import files_version, markdown_table, raise_blocked
 
 
 class FoldConfig(dg.Config):
@@ -20,38 +25,53 @@ class FoldConfig(dg.Config):
     group_name="prepare",
     kinds={"parquet", "pytorch"},
     deps=[imputed_recording],
+    code_version=CODE_VERSIONS["activity_shards"],
     check_specs=[
         dg.AssetCheckSpec(
             "rows_conserved",
             asset="activity_shards",
             blocking=True,
+            partitions_def=subject_partitions,
             description="Every imputed row is in exactly one shard: none lost, none duplicated.",
         )
     ],
 )
-def activity_shards(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.MaterializeResult:
+def activity_shards(
+    context: dg.AssetExecutionContext, data_root: DataRoot
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """Per-subject, per-activity shards: `data/processed/subject_<id>/activity_<id>.parquet`
     (each under 20 MB, split into parts when larger) and float32 tensor shards of the model
-    channels in `data/processed_tensors/subject_<id>/activity_<id>.pt`."""
-    passed, message, report = data_pipeline.shard_subject(
-        data_root.paths(), int(context.partition_key)
+    channels in `data/processed_tensors/subject_<id>/activity_<id>.pt`. They are written to a
+    staging folder and swapped in only when `rows_conserved` passes."""
+    subject = int(context.partition_key)
+    paths = data_root.paths()
+    passed, message, report = data_pipeline.shard_subject(paths, subject)
+    check = dg.AssetCheckResult(
+        check_name="rows_conserved", passed=passed, metadata={"detail": message}
     )
+    if not passed:
+        yield check
+        raise_blocked(check, f"subject {subject}: {message}")
     rows = [
         {"activity": s["activity"], "rows": s["rows"], "tensor": s["tensor"]}
         for s in report["shards"]
     ]
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "dagster/row_count": report["rows"],
             "shards": dg.MetadataValue.md(markdown_table(rows)),
             "n_shards": len(rows),
             "seconds": report["seconds"],
         },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="rows_conserved", passed=passed, metadata={"detail": message}
-            )
-        ],
+        check_results=[check],
+        # The parquet shards hold the tensors' rows; a tensor file's bytes vary between saves.
+        data_version=files_version(
+            [
+                *paths.shard_dir(subject).glob("activity_*.parquet"),
+                paths.tensor_shard_dir(subject) / INDEX_NAME,
+            ],
+            paths.root,
+        ),
     )
 
 
@@ -60,11 +80,13 @@ def activity_shards(context: dg.AssetExecutionContext, data_root: DataRoot) -> d
     group_name="prepare",
     kinds={"text"},
     deps=[dg.AssetDep(activity_shards, partition_mapping=dg.AllPartitionMapping())],
+    code_version=CODE_VERSIONS["fold_manifests"],
     check_specs=[
         dg.AssetCheckSpec(
             "split_integrity",
             asset="fold_manifests",
             blocking=True,
+            partitions_def=fold_partitions,
             description="No overlapping ranges; exact 70/15/15 coverage for `stratified`; "
             "subject-disjoint splits for holdout and LOSO folds.",
         )
@@ -72,15 +94,25 @@ def activity_shards(context: dg.AssetExecutionContext, data_root: DataRoot) -> d
 )
 def fold_manifests(
     context: dg.AssetExecutionContext, config: FoldConfig, data_root: DataRoot
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """A fold's `train.txt`, `val.txt` and `test.txt`: one `path,start,end` line per shard range.
     `stratified` splits every shard 70/15/15 in time; `holdout-106` validates on 105 and tests
-    on 106; `loso-1NN` tests on subject 1NN and validates on the last 15 % of training shards."""
+    on 106; `loso-1NN` tests on subject 1NN and validates on the last 15 % of training shards.
+    Written to a staging folder and moved into place only when `split_integrity` passes."""
     fold = context.partition_key
-    result = data_pipeline.build_fold_manifests(data_root.paths(), fold, window=config.window)
+    paths = data_root.paths()
+    result = data_pipeline.build_fold_manifests(paths, fold, window=config.window)
     report = result["report"]
     checks = result["checks"]
-    passed = all(ok for ok, _ in checks.values())
+    check = dg.AssetCheckResult(
+        check_name="split_integrity",
+        passed=result["passed"],
+        metadata={name: msg for name, (_, msg) in checks.items()},
+    )
+    if not result["passed"]:
+        yield check
+        failed = "; ".join(msg for ok, msg in checks.values() if not ok)
+        raise_blocked(check, f"fold {fold}: {failed}")
     for note in report.notes:
         context.log.warning(note if note.startswith(f"{fold}:") else f"{fold}: {note}")
     split_rows = [
@@ -93,20 +125,15 @@ def fold_manifests(
         }
         for split in report.rows
     ]
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "splits": dg.MetadataValue.md(markdown_table(split_rows)),
             "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in report.notes) or "_none_"),
-            "folder": dg.MetadataValue.path(str(data_root.paths().fold_dir(fold))),
+            "folder": dg.MetadataValue.path(str(paths.fold_dir(fold))),
             "seconds": result["seconds"],
         },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="split_integrity",
-                passed=passed,
-                metadata={name: msg for name, (_, msg) in checks.items()},
-            )
-        ],
+        check_results=[check],
+        data_version=files_version([paths.manifest(fold, s) for s in SPLITS], paths.root),
     )
 
 
@@ -114,7 +141,12 @@ def fold_manifests(
     partitions_def=fold_partitions,
     group_name="prepare",
     kinds={"json"},
-    deps=[fold_manifests],
+    deps=[
+        fold_manifests,
+        # It reads the tensor shards of the fold's train ranges.
+        dg.AssetDep(activity_shards, partition_mapping=dg.AllPartitionMapping()),
+    ],
+    code_version=CODE_VERSIONS["feature_stats"],
 )
 def feature_stats(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.MaterializeResult:
     """Per-channel transform, mean and standard deviation computed by streaming over the fold's
@@ -131,5 +163,6 @@ def feature_stats(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.
             "per_feature": dg.MetadataValue.md(markdown_table(rows)),
             "path": dg.MetadataValue.path(result["path"]),
             "seconds": result["seconds"],
-        }
+        },
+        data_version=files_version([result["path"]], data_root.paths().root),
     )

@@ -5,6 +5,7 @@ from typing import Literal
 
 import dagster as dg
 
+from orchestration.code_versions import CODE_VERSIONS
 from orchestration.defs.ingest import raw_recording
 from orchestration.defs.partitions import subject_partitions
 from orchestration.defs.resources import DataRoot, MlflowTracking
@@ -40,6 +41,7 @@ def _metadata(report: dict) -> dict[str, dg.MetadataValue | float | int | str | 
     group_name="serve",
     kinds={"mlflow", "matplotlib"},
     deps=[raw_recording],
+    code_version=CODE_VERSIONS["activity_timeline"],
 )
 def activity_timeline(
     context: dg.AssetExecutionContext,
@@ -69,7 +71,12 @@ def activity_timeline(
     return dg.MaterializeResult(metadata=_metadata(report))
 
 
-@dg.asset(partitions_def=inbox_partitions, group_name="serve", kinds={"mlflow", "matplotlib"})
+@dg.asset(
+    partitions_def=inbox_partitions,
+    group_name="serve",
+    kinds={"mlflow", "matplotlib"},
+    code_version=CODE_VERSIONS["inbox_timeline"],
+)
 def inbox_timeline(
     context: dg.AssetExecutionContext,
     config: TimelineConfig,

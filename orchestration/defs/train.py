@@ -4,19 +4,27 @@
 the code location and running the data steps does not pay for it.
 """
 
+from pathlib import Path
+from typing import Any
+
 import dagster as dg
 
-from ml_core.config import TrainConfig, WindowConfig, make_train_config
+from ml_core.config import ClassSet, Device, Loss, TrainConfig, WindowConfig, make_train_config
+from ml_core.io import checkpoint_digest
+from orchestration.code_versions import CODE_VERSIONS
 from orchestration.defs.partitions import fold_and_model, fold_model_partitions
-from orchestration.defs.prepare import feature_stats
+from orchestration.defs.prepare import activity_shards, feature_stats, fold_manifests
 from orchestration.defs.resources import DataRoot, MlflowTracking
-from orchestration.metadata import markdown_table
+from orchestration.metadata import files_version, markdown_table
 
 TRAINING_POOL = "training"
 
 
 class TrainingConfig(dg.Config):
-    """Hyperparameters (defaults: `ml_core.train.TrainConfig`'s, which train fast on a CPU)."""
+    """Hyperparameters (defaults: `ml_core.train.TrainConfig`'s, which train fast on a CPU).
+    `loss`, `device` and `class_set` are enumerated: the launchpad rejects any other value.
+    `model_overrides` sets the architecture's own settings (its config dataclass in
+    `ml_core/models/<model>.py`), e.g. `{hidden: 128}`; an unknown key fails the run at once."""
 
     epochs: int = TrainConfig.epochs
     batch_size: int = TrainConfig.batch_size
@@ -25,21 +33,32 @@ class TrainingConfig(dg.Config):
     warmup_steps: int = TrainConfig.warmup_steps
     max_steps: int | None = TrainConfig.max_steps
     patience: int | None = TrainConfig.patience
-    loss: str = TrainConfig.loss
+    loss: Loss = TrainConfig.loss
     focal_gamma: float = TrainConfig.focal_gamma
     balanced_sampling: bool = TrainConfig.balanced_sampling
     loss_class_weights: bool | None = TrainConfig.loss_class_weights
     seed: int = TrainConfig.seed
-    device: str = TrainConfig.device
+    device: Device = TrainConfig.device
     window: int = WindowConfig.window
     stride: int = WindowConfig.stride
     decimate: int = WindowConfig.decimate
-    class_set: str = WindowConfig.class_set
+    class_set: ClassSet = WindowConfig.class_set
+    model_overrides: dict[str, Any] = {}
     resume: bool = False
     seeds: int = 1  # repeat the training with seeds seed, seed + 1, …: the spread is reported
 
     def to_train_config(self) -> TrainConfig:
         return make_train_config(self.model_dump())
+
+
+_BY_FOLD = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="fold")
+# What a fold x model partition reads: its fold's manifests and statistics, and the tensor
+# shards of every subject (the manifests name ranges of them).
+_FOLD_INPUTS = [
+    dg.AssetDep(fold_manifests, partition_mapping=_BY_FOLD),
+    dg.AssetDep(feature_stats, partition_mapping=_BY_FOLD),
+    dg.AssetDep(activity_shards, partition_mapping=dg.AllPartitionMapping()),
+]
 
 
 def _run_tags(context: dg.AssetExecutionContext, fold: str, model: str) -> dict[str, str]:
@@ -50,20 +69,15 @@ def _run_tags(context: dg.AssetExecutionContext, fold: str, model: str) -> dict[
     partitions_def=fold_model_partitions,
     group_name="train",
     kinds={"pytorch", "mlflow"},
-    deps=[
-        dg.AssetDep(
-            feature_stats,
-            partition_mapping=dg.MultiToSingleDimensionPartitionMapping(
-                partition_dimension_name="fold"
-            ),
-        )
-    ],
+    deps=_FOLD_INPUTS,
+    code_version=CODE_VERSIONS["trained_model"],
     pool=TRAINING_POOL,
     retry_policy=dg.RetryPolicy(max_retries=2, delay=2),
     check_specs=[
         dg.AssetCheckSpec(
             "beats_majority_baseline",
             asset="trained_model",
+            partitions_def=fold_model_partitions,
             description="Validation accuracy is above always predicting the most common class.",
         )
     ],
@@ -79,8 +93,17 @@ def trained_model(
     protocol (window, stride, rate, class set, loss, epochs) is stored beside, never over.
     A retry resumes from `last.pt`."""
     from ml_core import pipeline
+    from ml_core.models import make_config
 
     fold, model = fold_and_model(context)
+    try:
+        train_config = config.to_train_config()
+        make_config(model, **train_config.model_overrides)
+    except (TypeError, ValueError) as exc:
+        # A bad setting fails the same way every time: no retry.
+        raise dg.Failure(
+            description=f"{fold}/{model}: invalid training config: {exc}", allow_retries=False
+        ) from exc
     resume = config.resume or context.retry_number > 0
     if resume:
         context.log.info(
@@ -98,7 +121,7 @@ def trained_model(
         data_root.paths(),
         fold,
         model,
-        config.to_train_config(),
+        train_config,
         tracker=mlflow.tracker(),
         tags=_run_tags(context, fold, model),
         resume=resume,
@@ -125,7 +148,19 @@ def trained_model(
             "checkpoint": dg.MetadataValue.path(summary["best_path"]),
             "mlflow_run": dg.MetadataValue.url(summary["mlflow_url"]),
             "mlflow_run_id": summary["mlflow_run_id"],
+            "config": dg.MetadataValue.json(
+                {
+                    "model": model,
+                    "fold": fold,
+                    "resume": resume,
+                    "seeds": config.seeds,
+                    **train_config.to_dict(),
+                }
+            ),
         },
+        data_version=dg.DataVersion(
+            "-".join(checkpoint_digest(s["best_path"])[:16] for s in summary["per_seed"])
+        ),
         check_results=[
             dg.AssetCheckResult(
                 check_name="beats_majority_baseline",
@@ -143,11 +178,13 @@ def trained_model(
     partitions_def=fold_model_partitions,
     group_name="train",
     kinds={"mlflow", "matplotlib"},
-    deps=[trained_model],
+    deps=[trained_model, *_FOLD_INPUTS],
+    code_version=CODE_VERSIONS["evaluation_bundle"],
     check_specs=[
         dg.AssetCheckSpec(
             "bundle_complete",
             asset="evaluation_bundle",
+            partitions_def=fold_model_partitions,
             description="Every file of the evaluation bundle is present.",
         )
     ],
@@ -194,6 +231,10 @@ def evaluation_bundle(
             "folder": dg.MetadataValue.path(result["folder"]),
             "mlflow_run": dg.MetadataValue.url(result["mlflow_url"]),
         },
+        data_version=files_version(
+            [Path(r["folder"]) / "summary_metrics.json" for r in result["per_seed"]],
+            data_root.paths().root,
+        ),
         check_results=[
             dg.AssetCheckResult(
                 check_name="bundle_complete",

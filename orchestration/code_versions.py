@@ -1,0 +1,146 @@
+"""Each asset's `code_version` and the `ml_core` source it runs.
+
+Dagster shows a materialized partition as stale when its asset's code version differs from the
+one it was materialized with. Bump an asset's version here when the code that computes it
+changes; `tests/test_code_versions.py` fails when that source changed but its version did not
+(the version and a hash of the source are recorded together in `code_versions.json`). After a
+bump, record the new hashes:
+
+    uv run python -m orchestration.code_versions --record
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from ml_core.paths import PROJECT_ROOT
+
+RECORD = Path(__file__).with_name("code_versions.json")
+
+_DATA = "ml_core/data_pipeline.py"
+_TRAIN = "ml_core/pipeline.py"
+
+# The code each asset runs: a file, a folder of modules, or `file:function` for one top-level
+# function of a module shared by several assets.
+SOURCES: dict[str, tuple[str, ...]] = {
+    "raw_recording": (f"{_DATA}:ingest_subject", "ml_core/ingest.py", "ml_core/columns.py"),
+    "validated_recording": (f"{_DATA}:validate_subject", "ml_core/schema.py"),
+    "imputed_recording": (f"{_DATA}:impute_subject", "ml_core/impute.py"),
+    "activity_shards": (f"{_DATA}:shard_subject", "ml_core/shards.py"),
+    "fold_manifests": (f"{_DATA}:build_fold_manifests", "ml_core/folds.py"),
+    "feature_stats": (f"{_DATA}:fold_feature_stats", "ml_core/stats.py"),
+    "trained_model": (
+        f"{_TRAIN}:train_fold_model",
+        f"{_TRAIN}:_train_one_seed",
+        f"{_TRAIN}:_log_serving_model",
+        "ml_core/train.py",
+        "ml_core/config.py",
+        "ml_core/protocol.py",
+        "ml_core/losses.py",
+        "ml_core/windows.py",
+        "ml_core/serving.py",
+        "ml_core/augment.py",
+        "ml_core/tracking.py",
+        "ml_core/models",
+    ),
+    "evaluation_bundle": (
+        f"{_TRAIN}:evaluate_fold_model",
+        f"{_TRAIN}:_evaluate_one_seed",
+        "ml_core/evaluate.py",
+        "ml_core/calibration.py",
+    ),
+    "leaderboard": (
+        f"{_TRAIN}:collect_results",
+        f"{_TRAIN}:build_report",
+        "ml_core/leaderboard.py",
+    ),
+    "activity_timeline": ("ml_core/timeline.py", "ml_core/serving.py"),
+    "inbox_timeline": ("ml_core/timeline.py", "ml_core/serving.py", "ml_core/ingest.py"),
+    "champion_model": (f"{_TRAIN}:champion_candidates", "ml_core/champion.py"),
+}
+
+CODE_VERSIONS: dict[str, str] = {
+    "raw_recording": "2",
+    "validated_recording": "1",
+    "imputed_recording": "1",
+    "activity_shards": "1",
+    "fold_manifests": "1",
+    "feature_stats": "1",
+    "trained_model": "2",
+    "evaluation_bundle": "1",
+    "leaderboard": "1",
+    "activity_timeline": "1",
+    "inbox_timeline": "1",
+    "champion_model": "1",
+}
+
+
+def _function_source(path: Path, name: str) -> str:
+    text = path.read_text()
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            segment = ast.get_source_segment(text, node)
+            assert segment is not None
+            return segment
+    raise KeyError(f"{path}: no top-level function {name!r}")
+
+
+def source_hash(asset: str) -> str:
+    """sha256 over the source an asset runs (files in name order, functions by their text)."""
+    digest = hashlib.sha256()
+    for source in SOURCES[asset]:
+        file, _, function = source.partition(":")
+        path = PROJECT_ROOT / file
+        if function:
+            text = _function_source(path, function)
+        elif path.is_dir():
+            text = "".join(p.read_text() for p in sorted(path.glob("*.py")))
+        else:
+            text = path.read_text()
+        digest.update(f"{source}\n{text}\n".encode())
+    return digest.hexdigest()
+
+
+def recorded() -> dict[str, dict[str, str]]:
+    return json.loads(RECORD.read_text())
+
+
+def record() -> list[str]:
+    """Write the current source hashes; refuse for an asset whose source changed but whose
+    version did not (that is the mistake this file exists to catch)."""
+    previous = recorded() if RECORD.exists() else {}
+    table, unbumped = {}, []
+    for asset, version in CODE_VERSIONS.items():
+        current = source_hash(asset)
+        old = previous.get(asset)
+        if old and old["source_sha256"] != current and old["version"] == version:
+            unbumped.append(asset)
+        table[asset] = {"version": version, "source_sha256": current}
+    if not unbumped:
+        RECORD.write_text(json.dumps(table, indent=2) + "\n")
+    return unbumped
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--record", action="store_true", help="write code_versions.json")
+    args = parser.parse_args(argv)
+    if not args.record:
+        for asset, version in CODE_VERSIONS.items():
+            print(f"{asset:<20} {version:>4}  {source_hash(asset)[:16]}")
+        return 0
+    unbumped = record()
+    if unbumped:
+        print(f"source changed, version not bumped: {', '.join(unbumped)}; bump CODE_VERSIONS")
+        return 1
+    print(f"recorded {RECORD}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
