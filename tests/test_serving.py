@@ -75,7 +75,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[DataPaths, Path]:
     stats = compute_feature_stats(paths, read_manifest(paths.manifest(FOLD, "train")))
     write_feature_stats(stats, paths.feature_stats(FOLD))
     config = TrainConfig(epochs=2, window=WINDOW, seed=0, device="cpu", patience=None)
-    overrides = {"dim": 16, "stages": 2}
+    overrides = {"widths": (16, 32), "head_hidden": 32}
     config.model_overrides = overrides
     result = train_model("temporal_cnn", paths, FOLD, config, paths.root / "model")
     return paths, result.best_path

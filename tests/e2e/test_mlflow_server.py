@@ -64,7 +64,9 @@ def test_training_job_logs_params_metrics_artifacts_and_model_to_the_server(
     client = MlflowClient(tracking_uri=mlflow_server.url)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == f"{FOLD}/{MODEL}"
+    protocol_id = latest_dirs(DataPaths(data_root), FOLD, MODEL)[0].parent.name
+    assert run.info.run_name == f"{FOLD}/{MODEL}/{protocol_id}/seed-0"
+    assert run.data.tags["protocol_id"] == protocol_id
     assert run.data.tags["fold"] == FOLD
     assert run.data.tags["model"] == MODEL
     assert run.data.tags["dagster.run_id"] == result.run_id
