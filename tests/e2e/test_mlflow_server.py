@@ -59,7 +59,7 @@ def test_training_job_logs_params_metrics_artifacts_and_model_to_the_server(
     evaluated = _metadata(result, "evaluation_bundle")
     run_id = str(trained["mlflow_run_id"])
     assert str(trained["mlflow_run"]).startswith(f"{mlflow_server.url}/#/experiments/")
-    assert str(evaluated["mlflow_run"]).endswith(f"/runs/{run_id}")
+    assert str(evaluated["mlflow_run"]).split("?")[0].endswith(f"/runs/{run_id}")
 
     client = MlflowClient(tracking_uri=mlflow_server.url)
     run = client.get_run(run_id)
