@@ -156,6 +156,8 @@ def _check_type(value: Any, hint: Any) -> str | None:
             return None
         if option is str and isinstance(value, str):
             return None
+        if typing.get_origin(option) is typing.Literal and isinstance(value, str):
+            return None  # the config's own check names the allowed values
     expected = " or ".join("null" if o is type(None) else _type_name(o) for o in options)
     return f"expected {expected}, got {value!r}"
 
