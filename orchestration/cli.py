@@ -83,7 +83,8 @@ def where_to_look(paths: DataPaths, dagster_home: str) -> str:
             "--host 127.0.0.1"
         )
     lines.append(
-        f"  files      : {paths.root} (reports/leaderboard.md, evaluation/<fold>/<model>/<protocol id>/seed-<n>/)"
+        f"  files      : {paths.root} (reports/leaderboard.md, "
+        "evaluation/<fold>/<model>/<protocol id>/seed-<n>/)"
     )
     return "\n".join(lines)
 
