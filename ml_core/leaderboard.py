@@ -79,7 +79,8 @@ def macro_f1_from_confusion(cm: np.ndarray) -> np.ndarray:
     return (f1 * present).sum(axis=-1) / np.maximum(present.sum(axis=-1), 1)
 
 
-def _confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: np.ndarray) -> np.ndarray:
+def confusion_counts(y_true: np.ndarray, y_pred: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """(K, K) counts over the sorted label values `classes` (rows true, columns predicted)."""
     k = len(classes)
     t, p = np.searchsorted(classes, y_true), np.searchsorted(classes, y_pred)
     return np.bincount(t * k + p, minlength=k * k).reshape(k, k)
@@ -97,7 +98,7 @@ def pooled_loso(results: list[Result], resamples: int = BOOTSTRAP_RESAMPLES) -> 
     per_fold = np.stack(
         [
             sum(
-                (_confusion(r.y_true, r.y_pred, classes) for r in results if r.fold == f),
+                (confusion_counts(r.y_true, r.y_pred, classes) for r in results if r.fold == f),
                 np.zeros((len(classes), len(classes)), dtype=np.int64),
             )
             for f in folds
@@ -114,7 +115,7 @@ def pooled_loso(results: list[Result], resamples: int = BOOTSTRAP_RESAMPLES) -> 
         float(
             macro_f1_from_confusion(
                 sum(
-                    (_confusion(r.y_true, r.y_pred, classes) for r in results if r.seed == s),
+                    (confusion_counts(r.y_true, r.y_pred, classes) for r in results if r.seed == s),
                     np.zeros((len(classes), len(classes)), dtype=np.int64),
                 )
             )

@@ -37,6 +37,7 @@ from ml_core.columns import (
     TIMESTAMP,
 )
 from ml_core.io import atomic_path, write_parquet
+from ml_core.leaderboard import confusion_counts, macro_f1_from_confusion
 from ml_core.protocol import EvaluationProtocol
 
 Smoothing = Literal["hmm", "median", "none"]
@@ -156,13 +157,7 @@ def macro_f1(true: np.ndarray, pred: np.ndarray) -> float | None:
     if len(true) == 0:
         return None
     classes = np.unique(np.concatenate([true, pred]))
-    t, p = np.searchsorted(classes, true), np.searchsorted(classes, pred)
-    k = len(classes)
-    cm = np.bincount(t * k + p, minlength=k * k).reshape(k, k)
-    tp = np.diag(cm).astype(np.float64)
-    support, predicted = cm.sum(axis=1), cm.sum(axis=0)
-    f1 = 2 * tp / np.maximum(support + predicted, 1)
-    return float(f1[support > 0].mean())
+    return float(macro_f1_from_confusion(confusion_counts(true, pred, classes)))
 
 
 @dataclass

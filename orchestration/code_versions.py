@@ -73,9 +73,9 @@ CODE_VERSIONS: dict[str, str] = {
     "feature_stats": "1",
     "trained_model": "2",
     "evaluation_bundle": "1",
-    "leaderboard": "1",
-    "activity_timeline": "1",
-    "inbox_timeline": "1",
+    "leaderboard": "2",
+    "activity_timeline": "2",
+    "inbox_timeline": "2",
     "champion_model": "1",
 }
 
