@@ -42,8 +42,8 @@ pytestmark = pytest.mark.postgres
 
 DEPLOY_YAML = REPO_ROOT / "deploy" / "dagster.postgres.yaml"
 DB_NAME = "dagster"
-SUBJECTS = ("101", "102")
-QUEUED_SUBJECT = "103"  # ingested by the daemon
+SUBJECTS = ("101", "102", "103")  # loso-101 validates on 102 and trains on 103
+QUEUED_SUBJECT = "104"  # ingested by the daemon
 RUN_TIMEOUT_S = 300
 FOLDS = ("stratified", "loso-101")
 TRAINED = dg.MultiPartitionKey({"fold": "stratified", "model": "feature_gbm"})
