@@ -30,11 +30,6 @@ def subject_of(name: str) -> int:
     return int(match.group(1))
 
 
-def changed_subjects(previous: dict[str, str], current: dict[str, str]) -> list[int]:
-    """Subjects with a file that is new or whose size or modification time changed."""
-    return sorted({subject_of(n) for n, fp in current.items() if previous.get(n) != fp})
-
-
 def subject_fingerprint(current: dict[str, str], subject: int) -> str:
     """One string that changes whenever any of the subject's files changes."""
     return ";".join(f"{n}={fp}" for n, fp in sorted(current.items()) if subject_of(n) == subject)

@@ -1,12 +1,40 @@
-"""Jobs per stage, the scheduled fold backfill, and the sensor that watches raw `.dat` files."""
+"""Jobs per stage, and declarative automation: the conditions the assets carry, the sensors that
+evaluate them and the schedule that observes the raw files. All of it is stopped until a user
+turns it on (README, "Automation").
 
-import json
+- Data flow: a raw-file observation with a new data version requests that subject's chain
+  (`raw_recording` → `activity_shards`); shards with new content request every fold's manifests
+  and statistics. A step runs only when an input's *data version* changed (re-reading an
+  unchanged file requests nothing) and its inputs' blocking checks passed.
+- Training: every fold x model of `trained_model` and `evaluation_bundle` on a weekly cron,
+  emitted by the sensor as one asset backfill (the Backfills page shows its progress).
+"""
 
 import dagster as dg
 
-from ml_core.raw_files import changed_subjects, raw_file_fingerprints, subject_fingerprint
-from orchestration.defs.partitions import fold_model_partitions
-from orchestration.defs.resources import DataRoot
+AC = dg.AutomationCondition
+
+TRAINING_CRON = "0 2 * * 0"  # Sundays 02:00 UTC
+
+# `eager()` reacts to any new materialization or observation of an input; this reacts only to a
+# new data version, so re-observing an unchanged file or rewriting identical output is no news.
+_DEPS_DATA_CHANGED = AC.any_deps_match(
+    (AC.data_version_changed() & ~AC.executed_with_root_target()) | AC.will_be_requested()
+).with_label("any_deps_data_changed")
+
+DATA_FLOW = (
+    AC.eager().replace("any_deps_updated", _DEPS_DATA_CHANGED)
+    & AC.all_deps_blocking_checks_passed()
+).with_label("data_flow")
+
+# `on_cron()` also waits for every input to update after the tick; weekly training retrains on
+# the current data whether or not it changed, so only the cron tick and present inputs count.
+WEEKLY_TRAINING = (
+    AC.on_cron(TRAINING_CRON).without(AC.all_deps_updated_since_cron(TRAINING_CRON))
+    & ~AC.any_deps_missing()
+    & ~AC.any_deps_in_progress()
+    & ~AC.in_progress()
+).with_label("weekly_training")
 
 observe_job = dg.define_asset_job(
     "observe_raw_files",
@@ -35,42 +63,29 @@ report_job = dg.define_asset_job(
     description="Rebuild the leaderboard from every evaluation bundle.",
 )
 
-
-@dg.schedule(
-    job=training_job,
-    cron_schedule="0 2 * * 0",
+raw_files_observation = dg.ScheduleDefinition(
+    name="raw_files_observation",
+    job=observe_job,
+    cron_schedule="*/5 * * * *",
     default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Weekly backfill of every fold x model partition of the training job.",
+    description="Observe the raw `.dat` files every 5 minutes: a new or changed file gets a new "
+    "data version, which `data_automation` turns into runs.",
 )
-def fold_backfill_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
-    tick = (
-        context.scheduled_execution_time.isoformat()
-        if context.scheduled_execution_time
-        else "manual"
-    )
-    return [
-        dg.RunRequest(run_key=f"{key}@{tick}", partition_key=key)
-        for key in fold_model_partitions.get_partition_keys()
-    ]
 
-
-@dg.sensor(
-    job=ingest_job,
-    minimum_interval_seconds=30,
+data_automation = dg.AutomationConditionSensorDefinition(
+    "data_automation",
+    target=dg.AssetSelection.groups("ingest", "prepare"),
     default_status=dg.DefaultSensorStatus.STOPPED,
-    description="Requests the subject partitions whose raw `.dat` files are new or changed.",
+    emit_backfills=True,
+    description="Evaluates the data-flow condition of the ingest and prepare assets: a raw file "
+    "with a new data version flows through its subject's chain to every fold's statistics.",
 )
-def raw_files_sensor(context: dg.SensorEvaluationContext, data_root: DataRoot) -> dg.SensorResult:
-    previous = json.loads(context.cursor) if context.cursor else {}
-    current = raw_file_fingerprints(data_root.paths())
-    subjects = changed_subjects(previous, current)
-    return dg.SensorResult(
-        run_requests=[
-            dg.RunRequest(
-                run_key=f"{subject}:{subject_fingerprint(current, subject)}",
-                partition_key=str(subject),
-            )
-            for subject in subjects
-        ],
-        cursor=json.dumps(current, sort_keys=True),
-    )
+
+training_automation = dg.AutomationConditionSensorDefinition(
+    "training_automation",
+    target=dg.AssetSelection.assets("trained_model", "evaluation_bundle"),
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    emit_backfills=True,
+    description=f"Requests every fold x model of the training assets at each tick of "
+    f"`{TRAINING_CRON}` (UTC), as one asset backfill.",
+)

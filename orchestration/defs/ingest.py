@@ -7,6 +7,7 @@ import dagster as dg
 from ml_core import data_pipeline
 from ml_core.raw_files import raw_file_fingerprints, subject_fingerprint, subject_of
 from orchestration.code_versions import CODE_VERSIONS
+from orchestration.defs.automation import DATA_FLOW
 from orchestration.defs.partitions import subject_partitions
 from orchestration.defs.resources import DataRoot
 from orchestration.metadata import files_version, markdown_table, raise_blocked
@@ -32,6 +33,7 @@ def raw_files(data_root: DataRoot) -> dg.DataVersionsByPartition:
     kinds={"polars", "parquet"},
     deps=[raw_files],
     code_version=CODE_VERSIONS["raw_recording"],
+    automation_condition=DATA_FLOW,
 )
 def raw_recording(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.MaterializeResult:
     """A subject's Protocol (and, when present, Optional) `.dat` files parsed into the 56-field
@@ -56,6 +58,7 @@ def raw_recording(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.
     kinds={"pandera", "parquet"},
     deps=[raw_recording],
     code_version=CODE_VERSIONS["validated_recording"],
+    automation_condition=DATA_FLOW,
     check_specs=[
         dg.AssetCheckSpec(
             "schema",
@@ -108,6 +111,7 @@ def validated_recording(
     kinds={"polars", "parquet"},
     deps=[validated_recording],
     code_version=CODE_VERSIONS["imputed_recording"],
+    automation_condition=DATA_FLOW,
 )
 def imputed_recording(
     context: dg.AssetExecutionContext, data_root: DataRoot

@@ -8,6 +8,7 @@ from ml_core import data_pipeline
 from ml_core.folds import SPLITS
 from ml_core.shards import INDEX_NAME
 from orchestration.code_versions import CODE_VERSIONS
+from orchestration.defs.automation import DATA_FLOW
 from orchestration.defs.ingest import imputed_recording
 from orchestration.defs.partitions import fold_partitions, subject_partitions
 from orchestration.defs.resources import DataRoot
@@ -26,6 +27,7 @@ class FoldConfig(dg.Config):
     kinds={"parquet", "pytorch"},
     deps=[imputed_recording],
     code_version=CODE_VERSIONS["activity_shards"],
+    automation_condition=DATA_FLOW,
     check_specs=[
         dg.AssetCheckSpec(
             "rows_conserved",
@@ -81,6 +83,7 @@ def activity_shards(
     kinds={"text"},
     deps=[dg.AssetDep(activity_shards, partition_mapping=dg.AllPartitionMapping())],
     code_version=CODE_VERSIONS["fold_manifests"],
+    automation_condition=DATA_FLOW,
     check_specs=[
         dg.AssetCheckSpec(
             "split_integrity",
@@ -147,6 +150,7 @@ def fold_manifests(
         dg.AssetDep(activity_shards, partition_mapping=dg.AllPartitionMapping()),
     ],
     code_version=CODE_VERSIONS["feature_stats"],
+    automation_condition=DATA_FLOW,
 )
 def feature_stats(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.MaterializeResult:
     """Per-channel transform, mean and standard deviation computed by streaming over the fold's

@@ -12,6 +12,7 @@ import dagster as dg
 from ml_core.config import ClassSet, Device, Loss, TrainConfig, WindowConfig, make_train_config
 from ml_core.io import checkpoint_digest
 from orchestration.code_versions import CODE_VERSIONS
+from orchestration.defs.automation import WEEKLY_TRAINING
 from orchestration.defs.partitions import fold_and_model, fold_model_partitions
 from orchestration.defs.prepare import activity_shards, feature_stats, fold_manifests
 from orchestration.defs.resources import DataRoot, MlflowTracking
@@ -71,6 +72,7 @@ def _run_tags(context: dg.AssetExecutionContext, fold: str, model: str) -> dict[
     kinds={"pytorch", "mlflow"},
     deps=_FOLD_INPUTS,
     code_version=CODE_VERSIONS["trained_model"],
+    automation_condition=WEEKLY_TRAINING,
     pool=TRAINING_POOL,
     retry_policy=dg.RetryPolicy(max_retries=2, delay=2),
     check_specs=[
@@ -180,6 +182,7 @@ def trained_model(
     kinds={"mlflow", "matplotlib"},
     deps=[trained_model, *_FOLD_INPUTS],
     code_version=CODE_VERSIONS["evaluation_bundle"],
+    automation_condition=WEEKLY_TRAINING,
     check_specs=[
         dg.AssetCheckSpec(
             "bundle_complete",

@@ -1,8 +1,12 @@
-"""The scheduled fold backfill, the raw-file sensor, and retry-and-resume of training."""
+"""Declarative automation evaluated the way the daemon evaluates it: a raw file with a new data
+version flows through its subject's chain to every fold's statistics; an unchanged one requests
+nothing; a failed blocking check stops the flow; the weekly cron requests every fold x model as
+one asset backfill. Also retry-and-resume of training."""
 
 from __future__ import annotations
 
-import os
+import logging
+import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,55 +15,230 @@ from typing import Any
 import dagster as dg
 import pytest
 import torch
+from dagster._core.definitions.automation_tick_evaluation_context import (
+    AutomationTickEvaluationContext,
+)
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from ml_core import pipeline
+from ml_core.columns import SUBJECTS
 from ml_core.config import make_train_config
 from ml_core.folds import FOLD_NAMES
 from ml_core.io import load_torch
-from ml_core.models import model_names
 from ml_core.paths import DataPaths
 from ml_core.protocol import latest_dirs
 from orchestration.definitions import defs as load_defs
-from orchestration.defs.automation import fold_backfill_schedule, raw_files_sensor
-from orchestration.defs.resources import DataRoot
+from orchestration.defs.partitions import fold_model_partitions
+from orchestration.staleness import observe_raw_files
 from tests.integration.conftest import execute
 
+CHAIN = ("raw_recording", "validated_recording", "imputed_recording", "activity_shards")
+FOLD_ASSETS = ("fold_manifests", "feature_stats")
+TRAINING = ("trained_model", "evaluation_bundle")
+BLOCKING_CHECKS = {
+    "validated_recording": "schema",
+    "activity_shards": "rows_conserved",
+    "fold_manifests": "split_integrity",
+}
 
-def test_schedule_requests_every_fold_and_model() -> None:
-    context = dg.build_schedule_context(
-        scheduled_execution_time=datetime(2026, 11, 22, 2, tzinfo=UTC)
+
+def _report_materialized(
+    instance: dg.DagsterInstance, asset: str, partitions: list[str], version: str = "v0"
+) -> None:
+    """Record `asset` as materialized with its blocking check passed, as an earlier run would
+    have: the automation conditions read only these events."""
+    for partition in partitions:
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(asset, partition=partition, tags={DATA_VERSION_TAG: version})
+        )
+        if asset in BLOCKING_CHECKS:
+            instance.report_runless_asset_event(
+                dg.AssetCheckEvaluation(
+                    asset_key=dg.AssetKey(asset),
+                    check_name=BLOCKING_CHECKS[asset],
+                    passed=True,
+                    partition=partition,
+                )
+            )
+
+
+def _requested(result: dg.EvaluateAutomationConditionsResult) -> dict[str, set[str]]:
+    return {
+        r.key.to_user_string(): {str(k) for k in r.true_subset.expensively_compute_partition_keys()}
+        for r in result.results
+        if r.true_subset.size
+    }
+
+
+def _data_tick(instance: dg.DagsterInstance, cursor: Any = None) -> tuple[dict[str, set[str]], Any]:
+    result = dg.evaluate_automation_conditions(
+        defs=load_defs(),
+        instance=instance,
+        asset_selection=dg.AssetSelection.groups("ingest", "prepare"),
+        cursor=cursor,
     )
-    requests = fold_backfill_schedule(context)
-    keys = sorted(str(r.partition_key) for r in requests)
-    expected = sorted(f"{fold}|{model}" for fold in FOLD_NAMES for model in model_names())
-    assert keys == expected
-    assert len({r.run_key for r in requests}) == len(requests)
-    assert load_defs().resolve_schedule_def("fold_backfill_schedule").job_name == "training_job"
+    return _requested(result), result.cursor
 
 
-def test_sensor_requests_exactly_new_or_changed_subjects(tmp_path: Path) -> None:
-    paths = DataPaths(tmp_path)
-    for subject in (101, 102):
-        target = paths.dat_file("protocol", subject)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text("1.0 1 80 " + " ".join(["0"] * 51) + "\n")
-    resources = {"data_root": DataRoot(path=str(tmp_path))}
+@pytest.fixture
+def automated_root(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> DataPaths:
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset, root / "raw")
+    monkeypatch.setenv("PAMAP_DATA_ROOT", str(root))
+    return DataPaths(root)
 
-    first = raw_files_sensor(dg.build_sensor_context(resources=resources))
-    assert sorted(r.partition_key for r in first.run_requests) == ["101", "102"]
 
-    quiet = raw_files_sensor(dg.build_sensor_context(cursor=first.cursor, resources=resources))
-    assert quiet.run_requests == []
+def _edit_labelled_row(dat: Path, field: int, change: float) -> None:
+    """Add `change` to one field of a labelled row (activity 0 is dropped) with no NaN in it."""
+    lines = dat.read_text().splitlines(keepends=True)
+    row = next(
+        i
+        for i in range(len(lines) // 2, len(lines))
+        if lines[i].split(" ")[1] != "0" and lines[i].split(" ")[field] != "NaN"
+    )
+    fields = lines[row].split(" ")
+    fields[field] = f"{float(fields[field]) + change:.5f}"
+    lines[row] = " ".join(fields)
+    dat.write_text("".join(lines))
 
-    changed = paths.dat_file("protocol", 102)
-    changed.write_text(changed.read_text() + "1.01 1 80 " + " ".join(["0"] * 51) + "\n")
-    os.utime(changed, ns=(1, 2_000_000_000_000_000_000))
-    new = paths.dat_file("optional", 105)
-    new.parent.mkdir(parents=True, exist_ok=True)
-    new.write_text("1.0 9 80 " + " ".join(["0"] * 51) + "\n")
-    second = raw_files_sensor(dg.build_sensor_context(cursor=first.cursor, resources=resources))
-    assert sorted(r.partition_key for r in second.run_requests) == ["102", "105"]
-    assert all(r.job_name in (None, "ingest_job") for r in second.run_requests)
+
+def _everything_current(instance: dg.DagsterInstance, skip: tuple[str, str] | None = None) -> Any:
+    """Raw files observed, every subject and fold materialized (but `skip`: an asset and
+    subject); the first tick requests nothing."""
+    observe_raw_files(instance, load_defs())
+    for asset in CHAIN:
+        subjects = [str(s) for s in SUBJECTS if (asset, str(s)) != skip]
+        _report_materialized(instance, asset, subjects)
+    for asset in FOLD_ASSETS:
+        _report_materialized(instance, asset, list(FOLD_NAMES))
+    requested, cursor = _data_tick(instance)
+    assert requested == {}
+    return cursor
+
+
+def test_a_changed_raw_file_flows_through_its_subject_to_every_fold(
+    automated_root: DataPaths,
+) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    cursor = _everything_current(instance)
+
+    # Re-observing unchanged files (a new observation, the same data version) is no news.
+    observe_raw_files(instance, load_defs())
+    requested, cursor = _data_tick(instance, cursor)
+    assert requested == {}
+
+    # Subject 103's file changes: exactly its chain is requested, in one tick.
+    _edit_labelled_row(automated_root.dat_file("protocol", 103), field=4, change=0.5)
+    observe_raw_files(instance, load_defs())
+    requested, cursor = _data_tick(instance, cursor)
+    assert requested == {asset: {"103"} for asset in CHAIN}
+
+    # Its run writes shards with new content: every fold's manifests and statistics follow.
+    assert execute("ingest_job", instance, "103").success
+    requested, cursor = _data_tick(instance, cursor)
+    assert requested == {asset: set(FOLD_NAMES) for asset in FOLD_ASSETS}
+
+    # The same subject re-run on the same file writes the same content: no news downstream.
+    assert execute("ingest_job", instance, "103").success
+    requested, cursor = _data_tick(instance, cursor)
+    assert requested == {}
+
+
+def test_a_failed_blocking_check_stops_the_flow(automated_root: DataPaths) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    cursor = _everything_current(instance, skip=("validated_recording", "104"))
+
+    # A hand temperature of about 1000 C: the file changed, and its schema check will fail.
+    _edit_labelled_row(automated_root.dat_file("protocol", 103), field=3, change=1000.0)
+    observe_raw_files(instance, load_defs())
+    requested, cursor = _data_tick(instance, cursor)
+    assert requested == {asset: {"103"} for asset in CHAIN}
+
+    # The run stops at the check; nothing after it is requested, now or on the next tick.
+    assert not execute("ingest_job", instance, "103").success
+    requested, cursor = _data_tick(instance, cursor)
+    assert requested == {}
+
+    # Even a materialization recorded beside a failed blocking check does not flow on.
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            "validated_recording", partition="104", tags={DATA_VERSION_TAG: "v1"}
+        )
+    )
+    instance.report_runless_asset_event(
+        dg.AssetCheckEvaluation(
+            asset_key=dg.AssetKey("validated_recording"),
+            check_name="schema",
+            passed=False,
+            partition="104",
+        )
+    )
+    requested, _ = _data_tick(instance, cursor)
+    assert requested == {}
+
+
+def test_weekly_training_is_one_backfill_of_every_fold_and_model() -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    defs = load_defs()
+    for asset in CHAIN[-1:]:
+        _report_materialized(instance, asset, [str(s) for s in SUBJECTS])
+    for asset in FOLD_ASSETS:
+        _report_materialized(instance, asset, list(FOLD_NAMES))
+    selection = dg.AssetSelection.assets(*TRAINING)
+    saturday = datetime(2026, 11, 21, 12, tzinfo=UTC)
+    sunday = datetime(2026, 11, 22, 2, 5, tzinfo=UTC)  # after the 02:00 tick
+
+    first = dg.evaluate_automation_conditions(
+        defs=defs, instance=instance, asset_selection=selection, evaluation_time=saturday
+    )
+    assert first.total_requested == 0
+    at_tick = dg.evaluate_automation_conditions(
+        defs=defs,
+        instance=instance,
+        asset_selection=selection,
+        evaluation_time=sunday,
+        cursor=first.cursor,
+    )
+    every = {str(k) for k in fold_model_partitions.get_partition_keys()}
+    assert _requested(at_tick) == {asset: every for asset in TRAINING}
+    later = dg.evaluate_automation_conditions(
+        defs=defs,
+        instance=instance,
+        asset_selection=selection,
+        evaluation_time=datetime(2026, 11, 22, 3, tzinfo=UTC),
+        cursor=at_tick.cursor,
+    )
+    assert later.total_requested == 0
+
+    # The sensor's own tick (as the daemon runs it) emits those requests as one backfill.
+    sensor = defs.get_sensor_def("training_automation")
+    assert isinstance(sensor, dg.AutomationConditionSensorDefinition)
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+    run_requests, _, _ = AutomationTickEvaluationContext(
+        evaluation_id=first.cursor.evaluation_id,
+        instance=instance,
+        asset_graph=defs.resolve_asset_graph(),
+        cursor=first.cursor,
+        materialize_run_tags=sensor.run_tags,
+        observe_run_tags={},
+        auto_observe_asset_keys=set(),
+        asset_selection=sensor.asset_selection,
+        asset_job_keys=sensor.asset_job_keys,
+        emit_backfills=sensor.emit_backfills,
+        default_condition=None,
+        logger=logging.getLogger(__name__),
+        evaluation_time=sunday,
+    ).evaluate()
+    (backfill,) = run_requests
+    assert backfill.requires_backfill_daemon()
+    subset = backfill.asset_graph_subset
+    assert subset is not None
+    assert {k.to_user_string() for k in subset.asset_keys} == set(TRAINING)
+    for asset in TRAINING:
+        partitions = subset.get_partitions_subset(dg.AssetKey(asset)).get_partition_keys()
+        assert {str(k) for k in partitions} == every
 
 
 def test_failed_training_retries_and_resumes_from_last_checkpoint(
