@@ -281,7 +281,6 @@ def _evaluate_one_seed(
         "nll_after": calibration.get("nll_after"),
         "temperature": calibration.get("temperature"),
         "confusion_rows": pl.read_csv(out_dir / "confusion_matrix.csv").to_dicts(),
-        "confusion_png": _png_data_uri(out_dir / "confusion_matrix.png"),
         "folder": str(out_dir),
         "missing_files": missing,
         "mlflow_url": "",

@@ -72,7 +72,7 @@ CODE_VERSIONS: dict[str, str] = {
     "fold_manifests": "1",
     "feature_stats": "1",
     "trained_model": "2",
-    "evaluation_bundle": "1",
+    "evaluation_bundle": "2",
     "leaderboard": "2",
     "activity_timeline": "2",
     "inbox_timeline": "2",

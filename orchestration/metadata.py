@@ -1,27 +1,72 @@
 """Small helpers that turn step reports into readable asset metadata."""
 
+from __future__ import annotations
+
 import base64
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import dagster as dg
 
 from ml_core.io import files_digest
 
+if TYPE_CHECKING:
+    import pandera.polars as pa
 
-def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """Rows of dicts as a markdown table (floats rounded) for the asset page."""
-    if not rows:
-        return "_none_"
-    columns = list(columns or rows[0].keys())
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = [
-            f"{v:.4g}" if isinstance(v, float) else str(v) for v in (row.get(c) for c in columns)
+
+def _cell(value: Any) -> str | int | float | bool | None:
+    if isinstance(value, float):
+        return (
+            None if math.isnan(value) else float(f"{value:.4g}")
+        )  # four significant digits: readable, still sortable
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    return str(value)
+
+
+def _column_type(values: Sequence[Any]) -> str:
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, bool) for v in present):
+        return "bool"
+    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return "int"
+    if present and all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+        return "float"
+    return "string"
+
+
+def table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None
+) -> dg.TableMetadataValue:
+    """Rows of dicts as typed table metadata: the UI shows every row and column, sortable, with
+    each column's type (floats rounded to four significant digits)."""
+    names = list(columns or (rows[0].keys() if rows else []))
+    cells = [{c: _cell(row.get(c)) for c in names} for row in rows]
+    schema = dg.TableSchema(
+        columns=[dg.TableColumn(c, _column_type([r[c] for r in cells])) for c in names]
+    )
+    return dg.MetadataValue.table([dg.TableRecord(r) for r in cells], schema=schema)
+
+
+def column_schema(schema: pa.DataFrameSchema) -> dg.TableSchema:
+    """A pandera schema as the column schema the UI shows on a table asset: each column's
+    dtype, whether it may hold nulls, and its checks as pandera describes them."""
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                name,
+                str(column.dtype),
+                constraints=dg.TableColumnConstraints(
+                    nullable=bool(column.nullable),
+                    unique=bool(column.unique),
+                    other=[str(check.error or check.name) for check in column.checks],
+                ),
+            )
+            for name, column in schema.columns.items()
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    )
 
 
 def raise_blocked(check: dg.AssetCheckResult, detail: str) -> NoReturn:
@@ -42,3 +87,8 @@ def files_version(files: Iterable[str | Path], root: str | Path) -> dg.DataVersi
 def png_data_uri(path: str | Path) -> str:
     """A PNG inlined as a data URI, so the Dagster UI shows it as a markdown image."""
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def png_markdown(path: str | Path, title: str) -> dg.MarkdownMetadataValue:
+    """A plot shown on the asset page at the size it was drawn (the PNG inlined)."""
+    return dg.MetadataValue.md(f"![{title}]({png_data_uri(path)})")

@@ -5,7 +5,7 @@ import dagster as dg
 from orchestration.code_versions import CODE_VERSIONS
 from orchestration.defs.report import leaderboard
 from orchestration.defs.resources import DataRoot, MlflowTracking
-from orchestration.metadata import markdown_table
+from orchestration.metadata import table
 
 
 class ChampionConfig(dg.Config):
@@ -57,6 +57,6 @@ def champion_model(
             "champion_version": promotion.champion_version or "none",
             "previous_version": promotion.previous_version or "none",
             "selected": chosen or "none",
-            "comparison": dg.MetadataValue.md(markdown_table(comparison)),
+            "comparison": table(comparison),
         }
     )

@@ -6,11 +6,16 @@ import dagster as dg
 
 from ml_core import data_pipeline
 from ml_core.raw_files import raw_file_fingerprints, subject_fingerprint, subject_of
+from ml_core.schema import RECORDING_SCHEMA
 from orchestration.code_versions import CODE_VERSIONS
 from orchestration.defs.automation import DATA_FLOW
 from orchestration.defs.partitions import subject_partitions
 from orchestration.defs.resources import DataRoot
-from orchestration.metadata import files_version, markdown_table, raise_blocked
+from orchestration.metadata import column_schema, files_version, raise_blocked, table
+
+# Every per-subject table (raw, validated, imputed, and the activity shards) has the 56 fields of
+# the pandera schema; the asset page lists them with their types and checks.
+RECORDING_COLUMNS = column_schema(RECORDING_SCHEMA)
 
 
 def _subject(context: dg.AssetExecutionContext) -> int:
@@ -33,6 +38,7 @@ def raw_files(data_root: DataRoot) -> dg.DataVersionsByPartition:
     kinds={"polars", "parquet"},
     deps=[raw_files],
     code_version=CODE_VERSIONS["raw_recording"],
+    metadata={"dagster/column_schema": RECORDING_COLUMNS},
     automation_condition=DATA_FLOW,
 )
 def raw_recording(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.MaterializeResult:
@@ -58,6 +64,7 @@ def raw_recording(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.
     kinds={"pandera", "parquet"},
     deps=[raw_recording],
     code_version=CODE_VERSIONS["validated_recording"],
+    metadata={"dagster/column_schema": RECORDING_COLUMNS},
     automation_condition=DATA_FLOW,
     check_specs=[
         dg.AssetCheckSpec(
@@ -82,8 +89,9 @@ def validated_recording(
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={
             "failures": result.n_failures,
-            "failure_cases": dg.MetadataValue.md(
-                markdown_table(result.failure_cases.head(20).to_dicts())
+            "failure_cases": table(
+                result.failure_cases.head(20).to_dicts(),
+                columns=result.failure_cases.columns,
             ),
         },
     )
@@ -96,7 +104,7 @@ def validated_recording(
             "dagster/row_count": report["rows_kept"],
             "rows_dropped_activity_0": report["rows_dropped_activity_0"],
             "activities": dg.MetadataValue.json(report["activities"]),
-            "nan_rates": dg.MetadataValue.md(markdown_table(nan_rows)),
+            "nan_rates": table(nan_rows),
             "path": dg.MetadataValue.path(report["path"]),
             "seconds": report["seconds"],
         },
@@ -111,6 +119,7 @@ def validated_recording(
     kinds={"polars", "parquet"},
     deps=[validated_recording],
     code_version=CODE_VERSIONS["imputed_recording"],
+    metadata={"dagster/column_schema": RECORDING_COLUMNS},
     automation_condition=DATA_FLOW,
 )
 def imputed_recording(

@@ -9,10 +9,10 @@ from ml_core.folds import SPLITS
 from ml_core.shards import INDEX_NAME
 from orchestration.code_versions import CODE_VERSIONS
 from orchestration.defs.automation import DATA_FLOW
-from orchestration.defs.ingest import imputed_recording
+from orchestration.defs.ingest import RECORDING_COLUMNS, imputed_recording
 from orchestration.defs.partitions import fold_partitions, subject_partitions
 from orchestration.defs.resources import DataRoot
-from orchestration.metadata import files_version, markdown_table, raise_blocked
+from orchestration.metadata import files_version, raise_blocked, table
 
 
 class FoldConfig(dg.Config):
@@ -27,6 +27,7 @@ class FoldConfig(dg.Config):
     kinds={"parquet", "pytorch"},
     deps=[imputed_recording],
     code_version=CODE_VERSIONS["activity_shards"],
+    metadata={"dagster/column_schema": RECORDING_COLUMNS},
     automation_condition=DATA_FLOW,
     check_specs=[
         dg.AssetCheckSpec(
@@ -61,7 +62,7 @@ def activity_shards(
     yield dg.MaterializeResult(
         metadata={
             "dagster/row_count": report["rows"],
-            "shards": dg.MetadataValue.md(markdown_table(rows)),
+            "shards": table(rows),
             "n_shards": len(rows),
             "seconds": report["seconds"],
         },
@@ -130,7 +131,7 @@ def fold_manifests(
     ]
     yield dg.MaterializeResult(
         metadata={
-            "splits": dg.MetadataValue.md(markdown_table(split_rows)),
+            "splits": table(split_rows),
             "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in report.notes) or "_none_"),
             "folder": dg.MetadataValue.path(str(paths.fold_dir(fold))),
             "seconds": result["seconds"],
@@ -164,7 +165,7 @@ def feature_stats(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.
     return dg.MaterializeResult(
         metadata={
             "train_rows": stats["train_rows"],
-            "per_feature": dg.MetadataValue.md(markdown_table(rows)),
+            "per_feature": table(rows),
             "path": dg.MetadataValue.path(result["path"]),
             "seconds": result["seconds"],
         },

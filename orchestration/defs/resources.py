@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from ml_core.tracking import MlflowTracker
 
 
+DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
+
+
 class DataRoot(dg.ConfigurableResource):
     """The data folder every asset reads and writes (env `PAMAP_DATA_ROOT`, default `./data`)."""
 
@@ -24,10 +27,17 @@ class DataRoot(dg.ConfigurableResource):
 
 
 class MlflowTracking(dg.ConfigurableResource):
-    """MLflow tracking (env `MLFLOW_TRACKING_URI`; default a SQLite file inside the project)."""
+    """MLflow tracking (env `MLFLOW_TRACKING_URI`; default a SQLite file inside the project).
+    Each MLflow run is tagged `dagster.run_url`, a link to the Dagster run on the Dagster UI at
+    `dagster_url` (env `PAMAP_DAGSTER_URL`; default `http://127.0.0.1:3000`, `pamap ui`'s)."""
 
     tracking_uri: str | None = None
     experiment: str = "pamap2"
+    dagster_url: str | None = None
+
+    def dagster_run_url(self, run_id: str) -> str:
+        base = self.dagster_url or os.environ.get("PAMAP_DAGSTER_URL") or DEFAULT_DAGSTER_URL
+        return f"{base.rstrip('/')}/runs/{run_id}"
 
     def tracker(self) -> MlflowTracker:
         # MLflow is imported by the steps that log, not by the code location or the data steps.

@@ -16,7 +16,7 @@ from orchestration.defs.automation import WEEKLY_TRAINING
 from orchestration.defs.partitions import fold_and_model, fold_model_partitions
 from orchestration.defs.prepare import activity_shards, feature_stats, fold_manifests
 from orchestration.defs.resources import DataRoot, MlflowTracking
-from orchestration.metadata import files_version, markdown_table
+from orchestration.metadata import files_version, png_markdown, table
 
 TRAINING_POOL = "training"
 
@@ -62,8 +62,26 @@ _FOLD_INPUTS = [
 ]
 
 
-def _run_tags(context: dg.AssetExecutionContext, fold: str, model: str) -> dict[str, str]:
-    return {"dagster.run_id": context.run.run_id, "fold": fold, "model": model}
+# The bundle's plots, shown on the evaluation asset's page: metadata key, file, title.
+_BUNDLE_PLOTS = (
+    ("confusion_plot", "confusion_matrix.png", "confusion matrix"),
+    ("roc_plot", "roc_curves.png", "ROC curves"),
+    ("pr_plot", "pr_curves.png", "precision-recall curves"),
+    ("reliability_plot", "reliability.png", "reliability diagram"),
+)
+
+
+def _run_tags(
+    context: dg.AssetExecutionContext, fold: str, model: str, mlflow: MlflowTracking
+) -> dict[str, str]:
+    """Tags of the MLflow run, with the link back to the Dagster run that made it."""
+    run_id = context.run.run_id
+    return {
+        "dagster.run_id": run_id,
+        "dagster.run_url": mlflow.dagster_run_url(run_id),
+        "fold": fold,
+        "model": model,
+    }
 
 
 @dg.asset(
@@ -125,7 +143,7 @@ def trained_model(
         model,
         train_config,
         tracker=mlflow.tracker(),
-        tags=_run_tags(context, fold, model),
+        tags=_run_tags(context, fold, model, mlflow),
         resume=resume,
         on_epoch=log_epoch,
         seeds=config.seeds,
@@ -146,7 +164,7 @@ def trained_model(
             "stopped_early": summary["stopped_early"],
             "train_windows": summary["train_windows"],
             "train_seconds": summary["seconds"],
-            "history": dg.MetadataValue.md(markdown_table(history_rows)),
+            "history": table(history_rows),
             "checkpoint": dg.MetadataValue.path(summary["best_path"]),
             "mlflow_run": dg.MetadataValue.url(summary["mlflow_url"]),
             "mlflow_run_id": summary["mlflow_run_id"],
@@ -207,7 +225,7 @@ def evaluation_bundle(
         fold,
         model,
         tracker=mlflow.tracker(),
-        tags=_run_tags(context, fold, model),
+        tags=_run_tags(context, fold, model, mlflow),
     )
     summary = result["summary"]
     for note in result["notes"]:
@@ -227,10 +245,11 @@ def evaluation_bundle(
             "nll_after": result["nll_after"],
             "temperature": result["temperature"],
             "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in result["notes"]) or "_none_"),
-            "confusion_matrix": dg.MetadataValue.md(markdown_table(result["confusion_rows"])),
-            "confusion_plot": dg.MetadataValue.md(
-                f"![confusion matrix]({result['confusion_png']})"
-            ),
+            "confusion_matrix": table(result["confusion_rows"]),
+            **{
+                key: png_markdown(Path(result["folder"]) / name, title)
+                for key, name, title in _BUNDLE_PLOTS
+            },
             "folder": dg.MetadataValue.path(result["folder"]),
             "mlflow_run": dg.MetadataValue.url(result["mlflow_url"]),
         },

@@ -81,8 +81,10 @@ def test_champion_asset_promotes_the_best_gated_model_once(tmp_path: Path) -> No
 
     first = _materialize(paths.root, uri)
     assert first["promoted"] and first["selected"] == "temporal_cnn"
-    assert "ECE 0.3000 above the bound" in str(first["comparison"])
-    assert "incomplete" in str(first["comparison"])
+    verdicts = {r.data["model"]: r.data["verdict"] for r in first["comparison"].records}
+    assert verdicts["temporal_cnn"] == "selected"
+    assert "ECE 0.3000 above the bound" in verdicts["lstm"]
+    assert "incomplete" in verdicts["early_fusion"]
     client = MlflowClient(uri)
     version = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
     assert version.tags["variant"] == "temporal_cnn"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,8 @@ from tests.integration.conftest import execute
 FOLD = "holdout-106"
 MODELS = ("feature_gbm", "temporal_cnn")
 SHORT_TRAINING = {"ops": {"trained_model": {"config": {"epochs": 2, "warmup_steps": 5}}}}
+# feature_gbm's run links to a Dagster UI somewhere else than the default 127.0.0.1:3000.
+DAGSTER_URLS = {"feature_gbm": "http://dagster.internal:8080/", "temporal_cnn": None}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,8 @@ def trained(
         instance = dg.DagsterInstance.ephemeral()
         for model in MODELS:
             key = dg.MultiPartitionKey({"fold": FOLD, "model": model})
-            assert execute("training_job", instance, key, SHORT_TRAINING).success, model
+            config = {"resources": {"mlflow": {"config": {"dagster_url": DAGSTER_URLS[model]}}}}
+            assert execute("training_job", instance, key, SHORT_TRAINING | config).success, model
         assert execute("report_job", instance).success
         yield DataPaths(root), tracking_uri, instance
 
@@ -98,6 +102,35 @@ def test_mlflow_run_holds_params_metrics_checkpoints_and_bundle(
         filter_string=f"source_run_id = '{run.info.run_id}'",
     )
     assert [m.name for m in logged] == ["model"]
+
+
+def test_dagster_and_mlflow_runs_link_to_each_other(
+    trained: tuple[DataPaths, str, dg.DagsterInstance],
+) -> None:
+    _, tracking_uri, instance = trained
+    client = MlflowClient(tracking_uri=tracking_uri)
+    expected_base = {"feature_gbm": "http://dagster.internal:8080", "temporal_cnn": None}
+    for model in MODELS:
+        key = dg.MultiPartitionKey({"fold": FOLD, "model": model})
+        for asset in ("trained_model", "evaluation_bundle"):
+            (record,) = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[str(key)]),
+                limit=1,
+            ).records
+            materialization = record.asset_materialization
+            assert materialization is not None
+            # Dagster -> MLflow: the asset's metadata links to the run that holds the model.
+            url = materialization.metadata["mlflow_run"].value
+            assert isinstance(url, str)
+            match = re.search(r"/runs/([0-9a-f]+)", url)
+            assert match is not None, url
+            mlflow_run = client.get_run(match.group(1))
+            assert mlflow_run.data.tags["model"] == model
+            # MLflow -> Dagster: the run's tag is the Dagster run's page on the UI.
+            dagster_run_id = record.run_id
+            base = expected_base[model] or "http://127.0.0.1:3000"
+            assert mlflow_run.data.tags["dagster.run_url"] == f"{base}/runs/{dagster_run_id}"
+            assert instance.get_run_by_id(dagster_run_id) is not None
 
 
 def test_leaderboard_lists_every_trained_model(

@@ -1,0 +1,63 @@
+"""Asset metadata the UI shows: typed tables, and table assets' column schemas derived from the
+pandera schema."""
+
+from __future__ import annotations
+
+import math
+
+import dagster as dg
+
+from ml_core.ingest import TABLE_COLUMNS
+from ml_core.schema import RECORDING_SCHEMA
+from orchestration.definitions import defs as load_defs
+from orchestration.metadata import column_schema, table
+
+TABLE_ASSETS = ("raw_recording", "validated_recording", "imputed_recording", "activity_shards")
+
+
+def test_a_table_keeps_every_row_and_types_its_columns() -> None:
+    rows = [
+        {"split": "train", "rows": 1200, "share": 0.7012345, "subjects": "101, 102", "ok": True},
+        {"split": "test", "rows": 300, "share": math.nan, "subjects": "103", "ok": False},
+    ]
+    value = table(rows)
+    assert isinstance(value, dg.TableMetadataValue)
+    assert [(c.name, c.type) for c in value.schema.columns] == [
+        ("split", "string"),
+        ("rows", "int"),
+        ("share", "float"),
+        ("subjects", "string"),
+        ("ok", "bool"),
+    ]
+    assert [r.data for r in value.records] == [
+        {"split": "train", "rows": 1200, "share": 0.7012, "subjects": "101, 102", "ok": True},
+        {"split": "test", "rows": 300, "share": None, "subjects": "103", "ok": False},
+    ]
+
+
+def test_an_empty_table_still_names_its_columns() -> None:
+    value = table([], columns=["column", "check"])
+    assert value.records == []
+    assert [c.name for c in value.schema.columns] == ["column", "check"]
+
+
+def test_the_column_schema_is_the_pandera_schema() -> None:
+    schema = column_schema(RECORDING_SCHEMA)
+    columns = {c.name: c for c in schema.columns}
+    assert list(columns) == list(TABLE_COLUMNS)
+    heart_rate = columns["heart_rate_bpm"]
+    assert heart_rate.type == "Float32"
+    assert heart_rate.constraints.other == ["in [30.0, 250.0] or NaN"]
+    activity = columns["activity_id"]
+    assert activity.type == "Int16" and not activity.constraints.nullable
+    assert activity.constraints.other[0].startswith("isin([0, 1, 2")
+    assert columns["subject_id"].constraints.other == [
+        "isin([101, 102, 103, 104, 105, 106, 107, 108, 109])"
+    ]
+
+
+def test_every_table_asset_shows_its_column_schema() -> None:
+    graph = load_defs().resolve_asset_graph()
+    expected = column_schema(RECORDING_SCHEMA)
+    for asset in TABLE_ASSETS:
+        assert graph.get(dg.AssetKey(asset)).metadata["dagster/column_schema"] == expected, asset
