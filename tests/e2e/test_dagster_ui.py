@@ -24,8 +24,10 @@ from ml_core.columns import SUBJECTS
 from ml_core.folds import FOLD_NAMES
 from ml_core.paths import DataPaths
 from orchestration.defs.partitions import fold_model_partitions
+from orchestration.staleness import observe_raw_files
 from tests.e2e.conftest import (
     REPO_ROOT,
+    _definitions,
     free_port,
     materialize,
     running_process,
@@ -96,6 +98,7 @@ def webserver(
     log_path = tmp_path / "webserver.log"
     with running_process(cmd, log_path) as proc, dg.DagsterInstance.get() as instance:
         # The webserver reads the instance live, so its slow start overlaps these runs.
+        observe_raw_files(instance, _definitions())
         for subject in ("101", "102"):
             materialize("ingest_job", instance, subject)
         url = f"http://127.0.0.1:{port}"
@@ -135,6 +138,20 @@ def _dump_on_failure(page: Page, folders: tuple[Path, ...]) -> Iterator[None]:
                 page.screenshot(path=folder / "dagster_ui_failure.png", full_page=True)
                 (folder / "dagster_ui_failure.html").write_text(page.content())
         raise
+
+
+def _edit_labelled_row(dat: Path, field: int, change: float) -> None:
+    """Add `change` to one field of a labelled row (activity 0 is dropped) with no NaN in it."""
+    lines = dat.read_text().splitlines(keepends=True)
+    row = next(
+        i
+        for i in range(len(lines) // 2, len(lines))
+        if lines[i].split(" ")[1] != "0" and lines[i].split(" ")[field] != "NaN"
+    )
+    fields = lines[row].split(" ")
+    fields[field] = f"{float(fields[field]) + change:.5f}"
+    lines[row] = " ".join(fields)
+    dat.write_text("".join(lines))
 
 
 def _wait_for_ui_run(instance: dg.DagsterInstance, partition: str) -> dg.DagsterRun:
@@ -208,3 +225,24 @@ def test_ui_shows_the_graph_and_runs_a_partition_launched_from_it(
         page.goto(f"{url}/runs/{run.run_id}")
         expect(page.get_by_text("Success", exact=True).first).to_be_visible()
         _snapshot(page, "dagster_ui_run_success", folders)
+
+        # A changed raw file makes its subject stale; a file that fails the schema check fails
+        # that subject's check only.
+        paths = DataPaths(data_root)
+        _edit_labelled_row(paths.dat_file("protocol", 101), field=4, change=0.5)
+        _edit_labelled_row(paths.dat_file("protocol", 102), field=3, change=1000.0)
+        observe_raw_files(instance, _definitions())
+        failed = _definitions().resolve_job_def("ingest_job").execute_in_process(
+            instance=instance, partition_key="102", raise_on_error=False
+        )
+        assert not failed.success
+        for name, path in (
+            ("explore_group", "/asset-groups/ingest"),
+            ("explore_raw", "/assets/raw_recording?view=partitions"),
+            ("explore_validated", "/assets/validated_recording?view=checks"),
+            ("explore_validated_parts", "/assets/validated_recording?view=partitions"),
+            ("explore_overview", "/assets/raw_recording"),
+        ):
+            page.goto(f"{url}{path}")
+            time.sleep(8)
+            _snapshot(page, name, folders)
