@@ -1,8 +1,11 @@
-"""The Dagster UI in a real browser: the graph is shown, and a partition launched from it runs.
+"""The Dagster UI in a real browser: the graph is shown, a partition launched from it runs, a
+changed raw file shows its subject's partition as stale (with the cause), and a failed schema
+check shows for its subject only.
 
 Starts `dagster-webserver` on the project's workspace.yaml against a private instance and the
 tiny synthetic data, then drives Debian's Chromium with Playwright (Playwright's own browser
-download is not used). Screenshots go to `tests/e2e/artifacts/` and to the test's tmp_path; on a
+download is not used). Screenshots go to `tests/e2e/artifacts/` and to the test's tmp_path (the
+stale partition and the partition's check result also to `docs/`, which the README shows); on a
 failure the page's screenshot and HTML are saved there too.
 """
 
@@ -37,6 +40,7 @@ from tests.e2e.conftest import (
 
 pytestmark = pytest.mark.browser
 
+DOCS = REPO_ROOT / "docs"  # the README's screenshots
 UI_TIMEOUT_MS = 60_000
 RUN_TIMEOUT_S = 300
 LAUNCHED_SUBJECT = "103"
@@ -226,23 +230,33 @@ def test_ui_shows_the_graph_and_runs_a_partition_launched_from_it(
         expect(page.get_by_text("Success", exact=True).first).to_be_visible()
         _snapshot(page, "dagster_ui_run_success", folders)
 
-        # A changed raw file makes its subject stale; a file that fails the schema check fails
-        # that subject's check only.
+        # What the README shows (docs/): subject 101's raw file changes, so its partition turns
+        # stale and says why; subject 102's file fails the schema check, for that subject only.
         paths = DataPaths(data_root)
         _edit_labelled_row(paths.dat_file("protocol", 101), field=4, change=0.5)
         _edit_labelled_row(paths.dat_file("protocol", 102), field=3, change=1000.0)
         observe_raw_files(instance, _definitions())
-        failed = _definitions().resolve_job_def("ingest_job").execute_in_process(
-            instance=instance, partition_key="102", raise_on_error=False
+        failed = (
+            _definitions()
+            .resolve_job_def("ingest_job")
+            .execute_in_process(instance=instance, partition_key="102", raise_on_error=False)
         )
         assert not failed.success
-        for name, path in (
-            ("explore_group", "/asset-groups/ingest"),
-            ("explore_raw", "/assets/raw_recording?view=partitions"),
-            ("explore_validated", "/assets/validated_recording?view=checks"),
-            ("explore_validated_parts", "/assets/validated_recording?view=partitions"),
-            ("explore_overview", "/assets/raw_recording"),
-        ):
-            page.goto(f"{url}{path}")
-            time.sleep(8)
-            _snapshot(page, name, folders)
+        with_docs = (*folders, DOCS)
+
+        page.goto(f"{url}/assets/raw_recording?view=partitions&partition=101")
+        unsynced = page.get_by_text(re.compile(r"^Unsynced"))
+        expect(unsynced.first).to_be_visible()
+        unsynced.first.click()
+        expect(page.get_by_text("has a new data version").first).to_be_visible()
+        _snapshot(page, "dagster_ui_stale_partition", with_docs)
+
+        # The schema check's partitions: passed for 101, failed for 102 with its failure cases.
+        page.goto(f"{url}/assets/validated_recording?view=checks")
+        expect(page.get_by_text("Execution history", exact=True)).to_be_visible()
+        page.get_by_text("Partitions", exact=True).last.click()
+        expect(page.get_by_text("Failed (1)", exact=True)).to_be_visible()
+        expect(page.get_by_text("Passed (1)", exact=True)).to_be_visible()
+        page.locator(":text-is('102'):visible").last.click()
+        expect(page.get_by_text("hand_temperature_c").first).to_be_visible()
+        _snapshot(page, "dagster_ui_partition_check", with_docs)
