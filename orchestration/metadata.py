@@ -18,9 +18,8 @@ if TYPE_CHECKING:
 
 def _cell(value: Any) -> str | int | float | bool | None:
     if isinstance(value, float):
-        return (
-            None if math.isnan(value) else float(f"{value:.4g}")
-        )  # four significant digits: readable, still sortable
+        # Four significant digits: readable, and the column still sorts as numbers.
+        return None if math.isnan(value) else float(f"{value:.4g}")
     if value is None or isinstance(value, str | int | bool):
         return value
     return str(value)

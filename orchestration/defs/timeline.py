@@ -9,7 +9,7 @@ from orchestration.code_versions import CODE_VERSIONS
 from orchestration.defs.ingest import raw_recording
 from orchestration.defs.partitions import subject_partitions
 from orchestration.defs.resources import DataRoot, MlflowTracking
-from orchestration.metadata import png_data_uri
+from orchestration.metadata import png_markdown
 
 inbox_partitions = dg.DynamicPartitionsDefinition(name="inbox_recordings")
 
@@ -32,7 +32,7 @@ def _metadata(report: dict) -> dict[str, dg.MetadataValue | float | int | str | 
         "model": report["model"],
         "protocol": report["protocol"],
         "predictions": dg.MetadataValue.path(report["parquet"]),
-        "timeline": dg.MetadataValue.md(f"![timeline]({png_data_uri(report['plot'])})"),
+        "timeline": png_markdown(report["plot"], "timeline"),
     }
 
 
