@@ -103,13 +103,13 @@ def _trained_under(paths: DataPaths, fold: str, model: str, protocol_id: str) ->
 
 
 def print_evaluation_summary(board: dict) -> None:
-    """Per model, over its LOSO results: validation vs test macro F1 (how much checkpoint
+    """Per variant, over its LOSO results: validation vs test macro F1 (how much checkpoint
     choice on a held-out person overstates the test person) and test calibration before and
     after temperature scaling."""
     for section in board["protocols"]:
         print(f"\nLOSO results under {section['protocol']['description']}:")
         header = (
-            f"  {'model':<26}{'n':>3}  {'val F1':>7}  {'test F1':>7}  {'ECE before':>10}"
+            f"  {'variant':<26}{'n':>3}  {'val F1':>7}  {'test F1':>7}  {'ECE before':>10}"
             f"  {'ECE after':>9}  {'NLL before':>10}  {'NLL after':>9}  NLL +>10%  T applied"
         )
         print(header)
@@ -123,7 +123,7 @@ def print_evaluation_summary(board: dict) -> None:
                 return f"{'–':>{width}}" if value is None else f"{value:>{width}.3f}"
 
             print(
-                f"  {row['model']:<26}{c['n_results']:>3}  {cell('val_macro_f1_mean', 7)}  "
+                f"  {row['variant']:<26}{c['n_results']:>3}  {cell('val_macro_f1_mean', 7)}  "
                 f"{cell('test_macro_f1_mean', 7)}  {cell('ece_before_mean', 10)}  "
                 f"{cell('ece_after_mean', 9)}  {cell('nll_before_mean', 10)}  "
                 f"{cell('nll_after_mean', 9)}  {c['n_nll_worse_10pct']:>9}  "
@@ -142,6 +142,7 @@ def run_demo(
     from ml_core.synthetic import write_dataset
     from orchestration.cli import where_to_look
     from orchestration.definitions import defs as load_defs
+    from orchestration.defs.partitions import register_variants
 
     began = time.perf_counter()
     import mlflow  # noqa: F401  (imported first: it configures its loggers on import)
@@ -179,6 +180,8 @@ def run_demo(
 
     definitions = load_defs()
     instance = dg.DagsterInstance.get()
+    # The built-in variants (one per registered model) are the model partitions it trains.
+    register_variants(instance, model_names())
     timing = Timing()
     ingest = definitions.resolve_job_def("ingest_job")
     prepare = definitions.resolve_job_def("prepare_job")

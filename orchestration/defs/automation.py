@@ -40,7 +40,8 @@ report_job = dg.define_asset_job(
     job=training_job,
     cron_schedule="0 2 * * 0",
     default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Weekly backfill of every fold x model partition of the training job.",
+    description="Weekly backfill of every fold x variant partition (every registered variant) "
+    "of the training job.",
 )
 def fold_backfill_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
     tick = (
@@ -50,7 +51,9 @@ def fold_backfill_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.Run
     )
     return [
         dg.RunRequest(run_key=f"{key}@{tick}", partition_key=key)
-        for key in fold_model_partitions.get_partition_keys()
+        for key in fold_model_partitions.get_partition_keys(
+            dynamic_partitions_store=context.instance
+        )
     ]
 
 

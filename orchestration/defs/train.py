@@ -1,4 +1,11 @@
-"""Train stage: one model per fold x model partition, then its evaluation bundle.
+"""Train stage: one model per fold x variant partition, then its evaluation bundle.
+
+The model dimension holds variants (`orchestration.defs.partitions`). How a file variant and
+the launchpad's run config combine: the settings the variant names (training, window and
+protocol settings, `seeds`, and each of its `model_args`, merged key by key into
+`model_overrides`) override the run config; everything it does not name comes from the run
+config. The effective config, and which run config values the variant replaced, are recorded
+in the asset metadata.
 
 `ml_core.pipeline` (torch, scikit-learn, MLflow) is imported inside the asset bodies, so loading
 the code location and running the data steps does not pay for it.
@@ -9,12 +16,13 @@ from typing import Any
 
 import dagster as dg
 
-from ml_core.config import ClassSet, Device, Loss, TrainConfig, WindowConfig, make_train_config
+from ml_core.config import ClassSet, Device, Loss, TrainConfig, WindowConfig
 from ml_core.io import checkpoint_digest
 from orchestration.code_versions import CODE_VERSIONS
-from orchestration.defs.partitions import fold_and_model, fold_model_partitions
+from orchestration.defs.partitions import fold_and_variant, fold_model_partitions
 from orchestration.defs.prepare import activity_shards, feature_stats, fold_manifests
 from orchestration.defs.resources import DataRoot, MlflowTracking
+from orchestration.defs.variants import find_variant
 from orchestration.metadata import files_version, markdown_table
 
 TRAINING_POOL = "training"
@@ -24,7 +32,8 @@ class TrainingConfig(dg.Config):
     """Hyperparameters (defaults: `ml_core.train.TrainConfig`'s, which train fast on a CPU).
     `loss`, `device` and `class_set` are enumerated: the launchpad rejects any other value.
     `model_overrides` sets the architecture's own settings (its config dataclass in
-    `ml_core/models/<model>.py`), e.g. `{hidden: 128}`; an unknown key fails the run at once."""
+    `ml_core/models/<model>.py`), e.g. `{hidden: 128}`; an unknown key fails the run at once.
+    A file variant's own settings override these; the rest apply to it as to any variant."""
 
     epochs: int = TrainConfig.epochs
     batch_size: int = TrainConfig.batch_size
@@ -47,9 +56,6 @@ class TrainingConfig(dg.Config):
     resume: bool = False
     seeds: int = 1  # repeat the training with seeds seed, seed + 1, …: the spread is reported
 
-    def to_train_config(self) -> TrainConfig:
-        return make_train_config(self.model_dump())
-
 
 _BY_FOLD = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="fold")
 # What a fold x model partition reads: its fold's manifests and statistics, and the tensor
@@ -61,8 +67,8 @@ _FOLD_INPUTS = [
 ]
 
 
-def _run_tags(context: dg.AssetExecutionContext, fold: str, model: str) -> dict[str, str]:
-    return {"dagster.run_id": context.run.run_id, "fold": fold, "model": model}
+def _run_tags(context: dg.AssetExecutionContext, fold: str, variant: str) -> dict[str, str]:
+    return {"dagster.run_id": context.run.run_id, "fold": fold, "variant": variant}
 
 
 @dg.asset(
@@ -88,31 +94,39 @@ def trained_model(
     data_root: DataRoot,
     mlflow: MlflowTracking,
 ) -> dg.MaterializeResult:
-    """A model trained by `ml_core` on one fold: `best.pt`, `last.pt` and `history.json` under
-    `data/models/<fold>/<model>/<protocol id>/seed-<seed>/`, one MLflow run per seed. Another
-    protocol (window, stride, rate, class set, loss, epochs) is stored beside, never over.
-    A retry resumes from `last.pt`."""
+    """A variant's model trained by `ml_core` on one fold: `best.pt`, `last.pt` and
+    `history.json` under `data/models/<fold>/<variant>/<protocol id>/seed-<seed>/`, one MLflow
+    run per seed tagged with the variant. A file variant's settings override the run config
+    (the rest comes from it); another protocol (window, stride, rate, class set, loss, epochs)
+    is stored beside, never over. A retry resumes from `last.pt`."""
     from ml_core import pipeline
+    from ml_core.config import make_train_config
     from ml_core.models import make_config
 
-    fold, model = fold_and_model(context)
+    fold, name = fold_and_variant(context)
     try:
-        train_config = config.to_train_config()
-        make_config(model, **train_config.model_overrides)
+        variant = find_variant(name)
+        settings, replaced = variant.apply(config.model_dump())
+        train_config = make_train_config(settings)
+        make_config(variant.model, **train_config.model_overrides)
+        pipeline.check_fold_window(data_root.paths(), fold, train_config)
     except (TypeError, ValueError) as exc:
         # A bad setting fails the same way every time: no retry.
         raise dg.Failure(
-            description=f"{fold}/{model}: invalid training config: {exc}", allow_retries=False
+            description=f"{fold}/{name}: invalid training config: {exc}", allow_retries=False
         ) from exc
+    model, seeds = variant.model, int(settings["seeds"])
+    for key, (run_value, own) in replaced.items():
+        context.log.info(f"{name} sets {key}={own!r}: the run config's {run_value!r} is not used")
     resume = config.resume or context.retry_number > 0
     if resume:
         context.log.info(
-            f"resuming {fold}/{model} from its last checkpoint (retry {context.retry_number})"
+            f"resuming {fold}/{name} from its last checkpoint (retry {context.retry_number})"
         )
 
     def log_epoch(record: dict) -> None:
         context.log.info(
-            f"{fold}/{model} epoch {record['epoch']}: train_loss={record['train_loss']:.4f} "
+            f"{fold}/{name} epoch {record['epoch']}: train_loss={record['train_loss']:.4f} "
             f"val_macro_f1={record['val_macro_f1']:.4f} val_acc={record['val_accuracy']:.4f} "
             f"({record['seconds']:.1f}s)"
         )
@@ -123,10 +137,12 @@ def trained_model(
         model,
         train_config,
         tracker=mlflow.tracker(),
-        tags=_run_tags(context, fold, model),
+        tags=_run_tags(context, fold, name),
         resume=resume,
         on_epoch=log_epoch,
-        seeds=config.seeds,
+        seeds=seeds,
+        variant=name,
+        variant_settings=variant.settings(),
     )
     history_rows = [
         {k: r.get(k) for k in ("epoch", "train_loss", "val_loss", "val_macro_f1", "val_accuracy")}
@@ -134,6 +150,10 @@ def trained_model(
     ]
     return dg.MaterializeResult(
         metadata={
+            "variant": name,
+            "model": model,
+            "variant_settings": dg.MetadataValue.json(variant.settings()),
+            "replaced_run_config": dg.MetadataValue.json(replaced),
             "protocol_id": summary["protocol"]["id"],
             "protocol": summary["protocol"]["description"],
             "seeds": str(summary["seeds"]),
@@ -150,10 +170,11 @@ def trained_model(
             "mlflow_run_id": summary["mlflow_run_id"],
             "config": dg.MetadataValue.json(
                 {
+                    "variant": name,
                     "model": model,
                     "fold": fold,
                     "resume": resume,
-                    "seeds": config.seeds,
+                    "seeds": seeds,
                     **train_config.to_dict(),
                 }
             ),
@@ -195,22 +216,24 @@ def evaluation_bundle(
     """Test-set metrics of the best checkpoint: summary metrics, classification report,
     confusion matrix, ROC and PR curves, and a reliability diagram with expected calibration
     error before and after temperature scaling fitted on validation. Logged to the model's
-    MLflow run."""
+    MLflow run. Written to `data/evaluation/<fold>/<variant>/<protocol id>/seed-<seed>/`."""
     from ml_core import pipeline
 
-    fold, model = fold_and_model(context)
+    fold, name = fold_and_variant(context)
     result = pipeline.evaluate_fold_model(
         data_root.paths(),
         fold,
-        model,
+        name,
         tracker=mlflow.tracker(),
-        tags=_run_tags(context, fold, model),
+        tags=_run_tags(context, fold, name),
     )
     summary = result["summary"]
     for note in result["notes"]:
-        context.log.warning(f"{fold}/{model}: {note}")
+        context.log.warning(f"{fold}/{name}: {note}")
     return dg.MaterializeResult(
         metadata={
+            "variant": name,
+            "model": summary["model"],
             "protocol_id": result["protocol"]["id"],
             "protocol": result["protocol"]["description"],
             "seeds": str(result["seeds"]),

@@ -24,6 +24,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from ml_core.io import load_torch
+from orchestration.defs.partitions import register_variants
 from tests.e2e.conftest import (
     REPO_ROOT,
     VENV_BIN,
@@ -195,6 +196,7 @@ def test_backfill_runs_on_two_celery_workers_within_the_training_pool(
         wait_for_port(port, code_server, logs / "code_server.log")
         mlflow_server.wait_until_ready()
         partitions = [f"{fold}|{model}" for fold in FOLDS for model in MODELS]
+        register_variants(instance, MODELS)
         backfill = subprocess.run(
             [
                 venv_program("dagster"),
