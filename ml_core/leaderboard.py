@@ -473,8 +473,10 @@ def leaderboard_markdown(board: dict[str, Any], title: str) -> str:
         overridden = [e for e in section["rows"] if e["settings"]]
         if overridden:
             lines += ["Variant settings (overrides of the model's and the run's defaults):", ""]
-            lines += [f"- {e['variant']} ({e['model']}): {format_settings(e['settings'])}"
-                      for e in overridden]
+            lines += [
+                f"- {e['variant']} ({e['model']}): {format_settings(e['settings'])}"
+                for e in overridden
+            ]
             lines.append("")
     if board.get("sweep_summary"):
         lines += sweep_summary_lines(board["sweep_summary"])

@@ -21,17 +21,21 @@ from ml_core.paths import DataPaths
 from ml_core.protocol import latest_dirs
 from orchestration.definitions import defs as load_defs
 from orchestration.defs.automation import fold_backfill_schedule, raw_files_sensor
+from orchestration.defs.partitions import register_variants
 from orchestration.defs.resources import DataRoot
 from tests.integration.conftest import execute
 
 
-def test_schedule_requests_every_fold_and_model() -> None:
-    context = dg.build_schedule_context(
-        scheduled_execution_time=datetime(2026, 11, 22, 2, tzinfo=UTC)
-    )
-    requests = fold_backfill_schedule(context)
+def test_schedule_requests_every_fold_and_registered_variant() -> None:
+    variants = [*model_names(), "lstm_sweep-lr=0.002"]
+    with dg.instance_for_test() as instance:
+        register_variants(instance, variants)
+        context = dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=datetime(2026, 11, 22, 2, tzinfo=UTC)
+        )
+        requests = fold_backfill_schedule(context)
     keys = sorted(str(r.partition_key) for r in requests)
-    expected = sorted(f"{fold}|{model}" for fold in FOLD_NAMES for model in model_names())
+    expected = sorted(f"{fold}|{variant}" for fold in FOLD_NAMES for variant in variants)
     assert keys == expected
     assert len({r.run_key for r in requests}) == len(requests)
     assert load_defs().resolve_schedule_def("fold_backfill_schedule").job_name == "training_job"
