@@ -28,7 +28,7 @@ class LeaderboardRow:
     model it trains. `complete`: every fold in `folds` was evaluated. `ece`: expected
     calibration error of the pooled LOSO predictions (after temperature scaling when the bundle
     has it). `model_id`: the MLflow logged model to register for this variant (what
-    `log_model` returned).
+    `log_model` returned), trained on fold `trained_on` in `source_dir` (its `best.pt`).
     """
 
     variant: str
@@ -39,6 +39,8 @@ class LeaderboardRow:
     pooled_loso_macro_f1: float
     ece: float
     model_id: str | None = None
+    trained_on: str = ""
+    source_dir: str | None = None
     model: str = ""  # the registered model the variant trains
 
 
@@ -124,19 +126,30 @@ def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
         return None
 
 
+def current_champion(
+    client: MlflowClient, name: str = REGISTERED_MODEL
+) -> tuple[str | None, float | None]:
+    """The champion's version and pooled LOSO macro F1, or (None, None) without one."""
+    current = _alias_version(client, name, CHAMPION)
+    if current is None:
+        return None, None
+    return current, float(client.get_model_version(name, current).tags["pooled_loso_macro_f1"])
+
+
+def beats_current(candidate: LeaderboardRow, current_f1: float | None) -> bool:
+    """Whether `candidate` would replace a champion of pooled LOSO macro F1 `current_f1`."""
+    return current_f1 is None or candidate.pooled_loso_macro_f1 > current_f1
+
+
 def promote_champion(
     client: MlflowClient, selection: Selection, name: str = REGISTERED_MODEL
 ) -> Promotion:
     """Register the selected variant and move `champion` to it, if it beats the current one."""
-    current = _alias_version(client, name, CHAMPION)
-    current_f1 = None
-    if current is not None:
-        tags = client.get_model_version(name, current).tags
-        current_f1 = float(tags["pooled_loso_macro_f1"])
+    current, current_f1 = current_champion(client, name)
     candidate = selection.champion
     if candidate is None:
         return Promotion(False, "no variant passed the gates", current, None, current_f1)
-    if current_f1 is not None and candidate.pooled_loso_macro_f1 <= current_f1:
+    if not beats_current(candidate, current_f1):
         reason = (
             f"{candidate.variant} ({candidate.pooled_loso_macro_f1:.4f}) does not beat the "
             f"current champion, version {current} ({current_f1:.4f})"
@@ -159,6 +172,7 @@ def promote_champion(
             "model": candidate.model,
             "protocol_id": candidate.protocol_id,
             "class_set": candidate.class_set,
+            "trained_on": candidate.trained_on,
             "pooled_loso_macro_f1": repr(candidate.pooled_loso_macro_f1),
             "ece": repr(candidate.ece),
             "baseline_pooled_loso_macro_f1": repr(baseline.pooled_loso_macro_f1)

@@ -25,6 +25,10 @@ DEFAULT_WINDOW = 256
 STRATIFIED_FRACTIONS = (0.70, 0.15, 0.15)
 HOLDOUT_VAL_SUBJECT = 105
 HOLDOUT_TEST_SUBJECT = 106
+# The deployment fold: every subject trains except one validation person, who still chooses
+# the epoch and fits the temperature. It has no test person, so it is not an evaluation fold
+# (not a partition, never on the leaderboard): a model trained on it is estimated by LOSO.
+DEPLOY_FOLD = "all-subjects"
 # Subjects that may validate a LOSO fold: 109's Protocol data is rope jumping only, so its
 # validation macro F1 would rank checkpoints on one class.
 VALIDATION_CANDIDATES: tuple[int, ...] = tuple(s for s in SUBJECTS if s != 109)
@@ -99,7 +103,7 @@ def loso_validation_subject(test_subject: int) -> int:
 
 def validation_subject(fold: str) -> int | None:
     """The held-out validation subject of a fold; None for `stratified` (within-subject)."""
-    if fold == "holdout-106":
+    if fold in ("holdout-106", DEPLOY_FOLD):
         return HOLDOUT_VAL_SUBJECT
     if fold.startswith("loso-"):
         return loso_validation_subject(int(fold.removeprefix("loso-")))
@@ -140,17 +144,20 @@ def _cut(shard: ShardInfo, fractions: Sequence[float], window: int) -> list[Shar
 def build_fold(
     fold: str, shards: Sequence[ShardInfo], window: int = DEFAULT_WINDOW
 ) -> dict[str, list[ShardRange]]:
-    """Split the shards into train/val/test ranges for `fold` (one of FOLD_NAMES).
+    """Split the shards into train/val/test ranges for `fold` (one of FOLD_NAMES, or
+    DEPLOY_FOLD).
 
     - stratified: every shard cut 70/15/15 in time with one-window gaps; shards too short
       for every part to hold a window go wholly to train.
     - holdout-106: validate on subject 105, test on 106, train on the rest (whole shards).
     - loso-<id>: test on every shard of <id>, validate on every shard of the fold's
       validation subject (`loso_validation_subject`), train on the rest (whole shards).
-    An empty split is an error: the fold could not be trained or evaluated.
+    - all-subjects (DEPLOY_FOLD): validate on subject 105, train on everyone else, no test.
+    An empty split is an error (but the deployment fold's test): the fold could not be trained
+    or evaluated.
     """
-    if fold not in FOLD_NAMES:
-        raise ValueError(f"unknown fold {fold!r}; expected one of {FOLD_NAMES}")
+    if fold not in (*FOLD_NAMES, DEPLOY_FOLD):
+        raise ValueError(f"unknown fold {fold!r}; expected one of {FOLD_NAMES} or {DEPLOY_FOLD}")
     if window < 1:
         raise ValueError(f"window must be at least 1 row, got {window}")
     paths = [s.path for s in shards]
@@ -171,7 +178,8 @@ def build_fold(
             split = held_out.get(shard.subject, "train")
             splits[split].append(_whole(shard))
 
-    empty = [split for split in SPLITS if not splits[split]]
+    needed = ("train", "val") if fold == DEPLOY_FOLD else SPLITS
+    empty = [split for split in needed if not splits[split]]
     if empty:
         subjects = sorted({s.subject for s in shards})
         raise ValueError(

@@ -435,6 +435,49 @@ def build_report(paths: DataPaths, tracker: MlflowTracker | None = None) -> dict
     }
 
 
+def retrain_on_all_subjects(
+    paths: DataPaths,
+    source_dir: Path,
+    tracker: MlflowTracker,
+    tags: dict[str, str] | None = None,
+    variant: str | None = None,
+) -> dict[str, Any]:
+    """Retrain the model trained in `source_dir` (a `best.pt`'s folder), with the settings it
+    was trained with, on the deployment fold: every subject trains except validation subject
+    105, who picks the epoch (early stopping and `best.pt`) as in every fold. Logged to MLflow
+    like any training, as `variant` (default: the model's built-in variant) with the settings
+    recorded for it; the summary adds `model_id`, the logged model to register. Its estimate
+    of performance stays the LOSO one: the deployment fold has no test person."""
+    from ml_core.data_pipeline import build_fold_manifests, fold_feature_stats
+    from ml_core.io import load_torch
+
+    best = Path(source_dir) / "best.pt"
+    if not best.exists():
+        raise FileNotFoundError(f"{best}: no trained model to retrain")
+    ckpt = load_torch(best)
+    config = TrainConfig(**ckpt["train_config"])
+    fold = fold_lib.DEPLOY_FOLD
+    built = build_fold_manifests(paths, fold, window=config.window.window)
+    if not built["passed"]:
+        failed = {name: message for name, (ok, message) in built["checks"].items() if not ok}
+        raise ValueError(f"fold {fold}: manifest checks failed: {failed}")
+    fold_feature_stats(paths, fold)
+    # <variant>/<protocol id>/seed-<n>: the variant's record is beside its protocol folders.
+    recorded = read_latest_training(Path(source_dir).parent.parent).variant
+    summary = train_fold_model(
+        paths,
+        fold,
+        ckpt["model_name"],
+        config,
+        tracker,
+        {**(tags or {}), "fold": fold},
+        variant=variant,
+        variant_settings=recorded.get("settings") if recorded.get("name") == variant else None,
+    )
+    run_record = _run_record(Path(summary["best_path"]).parent)
+    return {**summary, "fold": fold, "model_id": _logged_model_id(tracker, run_record)}
+
+
 def champion_candidates(
     paths: DataPaths, tracker: MlflowTracker, source_fold: str = "holdout-106"
 ) -> list[Any]:
@@ -469,9 +512,8 @@ def champion_candidates(
             calibration = entry["calibration"]
             ece = calibration["ece_after_mean"]
             ece = calibration["ece_before_mean"] if ece is None else ece
-            run_record = _run_record(
-                paths.model_dir(source_fold, variant, protocol["id"], entry["seeds"][0])
-            )
+            source_dir = paths.model_dir(source_fold, variant, protocol["id"], entry["seeds"][0])
+            run_record = _run_record(source_dir)
             rows[variant] = LeaderboardRow(
                 variant=variant,
                 model=entry["model"],
@@ -482,8 +524,49 @@ def champion_candidates(
                 pooled_loso_macro_f1=pooled["macro_f1"],
                 ece=float("inf") if ece is None else ece,
                 model_id=_logged_model_id(tracker, run_record),
+                trained_on=source_fold,
+                source_dir=str(source_dir),
             )
     return list(rows.values())
+
+
+def choose_champion(
+    paths: DataPaths,
+    tracker: MlflowTracker,
+    gates: Any,
+    source_fold: str = "holdout-106",
+    retrain_on_all: bool = False,
+    tags: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Select the champion among the leaderboard's candidates and promote it if it beats the
+    current one. With `retrain_on_all`, a candidate that would be promoted is first retrained
+    on the deployment fold (`retrain_on_all_subjects`) and that model is registered instead of
+    the one trained on `source_fold`; nothing is retrained when nothing would be promoted."""
+    from ml_core.champion import beats_current, current_champion, promote_champion, select_champion
+
+    rows = champion_candidates(paths, tracker, source_fold)
+    selection = select_champion(rows, gates)
+    retrained = None
+    candidate = selection.champion
+    if (
+        retrain_on_all
+        and candidate is not None
+        and candidate.source_dir is not None
+        and beats_current(candidate, current_champion(tracker.client)[1])
+    ):
+        retrained = retrain_on_all_subjects(
+            paths,
+            Path(candidate.source_dir),
+            tracker,
+            tags,
+            variant=candidate.variant,
+        )
+        if retrained["model_id"] is None:
+            raise RuntimeError(f"{candidate.variant}: the retrained model was not logged to MLflow")
+        candidate = replace(candidate, model_id=retrained["model_id"], trained_on=retrained["fold"])
+        selection = replace(selection, champion=candidate)
+    promotion = promote_champion(tracker.client, selection)
+    return {"rows": rows, "selection": selection, "promotion": promotion, "retrained": retrained}
 
 
 def _logged_model_id(tracker: MlflowTracker, run_record: Path) -> str | None:

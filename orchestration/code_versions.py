@@ -65,7 +65,12 @@ SOURCES: dict[str, tuple[str, ...]] = {
     ),
     "activity_timeline": ("ml_core/timeline.py", "ml_core/serving.py"),
     "inbox_timeline": ("ml_core/timeline.py", "ml_core/serving.py", "ml_core/ingest.py"),
-    "champion_model": (f"{_TRAIN}:champion_candidates", "ml_core/champion.py"),
+    "champion_model": (
+        f"{_TRAIN}:champion_candidates",
+        f"{_TRAIN}:choose_champion",
+        f"{_TRAIN}:retrain_on_all_subjects",
+        "ml_core/champion.py",
+    ),
 }
 
 CODE_VERSIONS: dict[str, str] = {
@@ -73,14 +78,14 @@ CODE_VERSIONS: dict[str, str] = {
     "validated_recording": "1",
     "imputed_recording": "1",
     "activity_shards": "1",
-    "fold_manifests": "1",
+    "fold_manifests": "2",
     "feature_stats": "1",
     "trained_model": "3",
     "evaluation_bundle": "2",
     "leaderboard": "3",
     "activity_timeline": "2",
     "inbox_timeline": "2",
-    "champion_model": "2",
+    "champion_model": "3",
 }
 
 

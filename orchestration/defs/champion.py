@@ -15,6 +15,9 @@ class ChampionConfig(dg.Config):
     max_ece: float = 0.15  # mean test ECE over the LOSO folds, after temperature scaling
     min_margin: float = 0.0  # pooled LOSO macro F1 needed above the baseline's
     source_fold: str = "holdout-106"  # the fold whose model of the variant is registered
+    # Register a model retrained on every subject but validation person 105 (the deployment
+    # fold `all-subjects`) instead of the source fold's; only done when it would be promoted.
+    retrain_on_all: bool = False
 
 
 @dg.asset(
@@ -24,22 +27,31 @@ class ChampionConfig(dg.Config):
     code_version=CODE_VERSIONS["champion_model"],
 )
 def champion_model(
-    config: ChampionConfig, data_root: DataRoot, mlflow: MlflowTracking
+    context: dg.AssetExecutionContext,
+    config: ChampionConfig,
+    data_root: DataRoot,
+    mlflow: MlflowTracking,
 ) -> dg.MaterializeResult:
     """Picks the best complete variant of the leaderboard (every protocol section with the
     main section's class set) by pooled LOSO macro F1, past the gates (beats the classical
     baseline, ECE within the bound), and registers its model trained on `source_fold` in the
     MLflow Model Registry as `pamap2-activity@champion` only when it beats the current
     champion; the replaced version keeps the alias `previous_champion` (rollback = one alias
-    move). The metadata shows the decision and why every other variant was not chosen."""
-    from ml_core.champion import ChampionGates, promote_champion, select_champion
-    from ml_core.pipeline import champion_candidates
+    move). With `retrain_on_all`, the registered model is the chosen variant retrained on every
+    subject but validation person 105. The metadata shows the decision and why every other
+    variant was not chosen."""
+    from ml_core.champion import ChampionGates
+    from ml_core.pipeline import choose_champion
 
-    tracker = mlflow.tracker()
-    rows = champion_candidates(data_root.paths(), tracker, config.source_fold)
-    gates = ChampionGates(config.baseline, config.max_ece, config.min_margin)
-    selection = select_champion(rows, gates)
-    promotion = promote_champion(tracker.client, selection)
+    outcome = choose_champion(
+        data_root.paths(),
+        mlflow.tracker(),
+        ChampionGates(config.baseline, config.max_ece, config.min_margin),
+        source_fold=config.source_fold,
+        retrain_on_all=config.retrain_on_all,
+        tags={"dagster.run_id": context.run.run_id},
+    )
+    rows, selection, promotion = outcome["rows"], outcome["selection"], outcome["promotion"]
     chosen = selection.champion.variant if selection.champion else None
     comparison = [
         {
@@ -60,6 +72,9 @@ def champion_model(
             "champion_version": promotion.champion_version or "none",
             "previous_version": promotion.previous_version or "none",
             "selected": chosen or "none",
+            "registered_model_trained_on": selection.champion.trained_on
+            if promotion.promoted and selection.champion
+            else "none",
             "comparison": dg.MetadataValue.md(markdown_table(comparison)),
         }
     )

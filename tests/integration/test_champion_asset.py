@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -12,6 +14,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from ml_core.champion import CHAMPION, REGISTERED_MODEL
+from ml_core.columns import SUBJECTS
 from ml_core.io import write_json
 from ml_core.paths import DataPaths
 from ml_core.tracking import MlflowTracker
@@ -145,3 +148,57 @@ def test_the_champion_is_a_variant_with_its_own_model(tmp_path: Path) -> None:
     version = MlflowClient(uri).get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
     assert version.tags["variant"] == "tcn_long" and version.tags["model"] == "temporal_cnn"
     assert version.tags["protocol_id"] == longer["id"] and version.run_id == winner
+
+
+def test_retrain_on_all_registers_a_model_trained_on_every_subject_but_validation(
+    copy_prepared: Callable[[], Path],
+) -> None:
+    from ml_core import pipeline
+    from ml_core.config import TrainConfig
+    from ml_core.folds import DEPLOY_FOLD, HOLDOUT_VAL_SUBJECT, read_fold
+
+    paths = DataPaths(copy_prepared())
+    uri = f"sqlite:///{paths.root / 'mlflow.db'}"
+    tracker = MlflowTracker(uri)
+    trained = pipeline.train_fold_model(
+        paths, "holdout-106", "feature_gbm", TrainConfig(epochs=1, seed=3), tracker
+    )
+    protocol = {**PROTOCOL, "id": trained["protocol"]["id"]}
+    entries = [_entry("lstm", 0.50, 0.05, FOLDS), _entry("feature_gbm", 0.80, 0.05, FOLDS)]
+    entries[1]["seeds"] = [3]
+    write_json(
+        {"protocols": [{"protocol": protocol, "rows": entries}]},
+        paths.reports / "leaderboard.json",
+    )
+
+    result = dg.materialize(
+        [champion_model],
+        resources={
+            "data_root": DataRoot(path=str(paths.root)),
+            "mlflow": MlflowTracking(tracking_uri=uri),
+        },
+        run_config={
+            "ops": {"champion_model": {"config": {"baseline": "lstm", "retrain_on_all": True}}}
+        },
+    )
+    assert result.success
+    (event,) = result.get_asset_materialization_events()
+    metadata = {k: v.value for k, v in event.materialization.metadata.items()}
+    assert metadata["promoted"] and metadata["registered_model_trained_on"] == DEPLOY_FOLD
+
+    # Every ingested subject trains but the validation person; nobody is tested.
+    ranges = read_fold(paths, DEPLOY_FOLD)
+    assert {r.subject for r in ranges["val"]} == {HOLDOUT_VAL_SUBJECT}
+    assert {r.subject for r in ranges["train"]} == set(SUBJECTS) - {HOLDOUT_VAL_SUBJECT}
+    assert ranges["test"] == []
+    # The registered version is the retrained model, with the source's settings and seed.
+    client = MlflowClient(uri)
+    version = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
+    assert version.tags["trained_on"] == DEPLOY_FOLD
+    params = client.get_run(version.run_id).data.params
+    assert params["fold"] == DEPLOY_FOLD and params["seed"] == "3"
+    assert params["model"] == "feature_gbm"
+    assert (
+        version.run_id
+        != json.loads((Path(trained["best_path"]).parent / "mlflow_run.json").read_text())["run_id"]
+    )
