@@ -26,9 +26,9 @@ from orchestration.defs.resources import DataRoot
 from tests.integration.conftest import execute
 
 
-def test_schedule_requests_every_fold_and_registered_variant() -> None:
+def test_schedule_requests_every_fold_and_registered_variant(tmp_path: Path) -> None:
     variants = [*model_names(), "lstm_sweep-lr=0.002"]
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.local_temp(str(tmp_path)) as instance:
         register_variants(instance, variants)
         context = dg.build_schedule_context(
             instance=instance, scheduled_execution_time=datetime(2026, 11, 22, 2, tzinfo=UTC)
