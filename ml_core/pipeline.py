@@ -542,6 +542,8 @@ def choose_champion(
     current one. With `retrain_on_all`, a candidate that would be promoted is first retrained
     on the deployment fold (`retrain_on_all_subjects`) and that model is registered instead of
     the one trained on `source_fold`; nothing is retrained when nothing would be promoted."""
+    import mlflow
+
     from ml_core.champion import beats_current, current_champion, promote_champion, select_champion
 
     rows = champion_candidates(paths, tracker, source_fold)
@@ -565,6 +567,9 @@ def choose_champion(
             raise RuntimeError(f"{candidate.variant}: the retrained model was not logged to MLflow")
         candidate = replace(candidate, model_id=retrained["model_id"], trained_on=retrained["fold"])
         selection = replace(selection, champion=candidate)
+    # Registering `models:/<id>` resolves the logged model through MLflow's global tracking
+    # URI, not the client's: point it at this store (a fresh process would use ./mlruns).
+    mlflow.set_tracking_uri(tracker.tracking_uri)
     promotion = promote_champion(tracker.client, selection)
     return {"rows": rows, "selection": selection, "promotion": promotion, "retrained": retrained}
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
+import mlflow
 import mlflow.pytorch
 import numpy as np
 import pytest
@@ -86,6 +87,8 @@ def test_champion_asset_promotes_the_best_gated_model_once(tmp_path: Path) -> No
         ]
     }
     write_json(board, paths.reports / "leaderboard.json")
+    # As in a fresh process, MLflow's global tracking URI is not the project's store.
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")
 
     first = _materialize(paths.root, uri)
     assert first["promoted"] and first["selected"] == "temporal_cnn"
