@@ -76,12 +76,12 @@ CODE_VERSIONS: dict[str, str] = {
     "activity_shards": "1",
     "fold_manifests": "2",
     "feature_stats": "1",
-    "trained_model": "2",
+    "trained_model": "3",
     "evaluation_bundle": "1",
     "leaderboard": "2",
     "activity_timeline": "2",
     "inbox_timeline": "2",
-    "champion_model": "2",
+    "champion_model": "3",
 }
 
 
