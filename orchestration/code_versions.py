@@ -80,12 +80,12 @@ CODE_VERSIONS: dict[str, str] = {
     "activity_shards": "1",
     "fold_manifests": "2",
     "feature_stats": "1",
-    "trained_model": "3",
+    "trained_model": "4",
     "evaluation_bundle": "2",
     "leaderboard": "3",
     "activity_timeline": "2",
     "inbox_timeline": "2",
-    "champion_model": "3",
+    "champion_model": "4",
 }
 
 

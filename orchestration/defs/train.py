@@ -16,7 +16,15 @@ from typing import Any
 
 import dagster as dg
 
-from ml_core.config import ClassSet, Device, Loss, TrainConfig, WindowConfig
+from ml_core.config import (
+    ClassSet,
+    Device,
+    Loss,
+    Precision,
+    TrainConfig,
+    WindowConfig,
+    make_train_config,
+)
 from ml_core.io import checkpoint_digest
 from orchestration.code_versions import CODE_VERSIONS
 from orchestration.defs.partitions import fold_and_variant, fold_model_partitions
@@ -32,8 +40,9 @@ class TrainingConfig(dg.Config):
     """Hyperparameters (defaults: `ml_core.train.TrainConfig`'s, which train fast on a CPU).
     `loss`, `device` and `class_set` are enumerated: the launchpad rejects any other value.
     `model_overrides` sets the architecture's own settings (its config dataclass in
-    `ml_core/models/<model>.py`), e.g. `{hidden: 128}`; an unknown key fails the run at once.
-    A file variant's own settings override these; the rest apply to it as to any variant."""
+    `ml_core/models/<model>.py`), e.g. `{hidden: 128}`, and `augment` the augmentation's
+    (`ml_core.config.AugmentConfig`); an unknown key fails the run at once. A file variant's own
+    settings override these; the rest apply to it as to any variant."""
 
     epochs: int = TrainConfig.epochs
     batch_size: int = TrainConfig.batch_size
@@ -53,6 +62,11 @@ class TrainingConfig(dg.Config):
     decimate: int = WindowConfig.decimate
     class_set: ClassSet = WindowConfig.class_set
     model_overrides: dict[str, Any] = {}
+    # Training-batch augmentation: AugmentConfig fields to change, e.g. {enabled: false}.
+    augment: dict[str, Any] = {}
+    precision: Precision = "fp32"  # "bf16": forward passes under bfloat16 autocast
+    compile: bool = TrainConfig.compile
+    deterministic: bool = TrainConfig.deterministic  # exact runs; refuse a resume elsewhere
     resume: bool = False
     seeds: int = 1  # repeat the training with seeds seed, seed + 1, …: the spread is reported
 
@@ -100,7 +114,6 @@ def trained_model(
     (the rest comes from it); another protocol (window, stride, rate, class set, loss, epochs)
     is stored beside, never over. A retry resumes from `last.pt`."""
     from ml_core import pipeline
-    from ml_core.config import make_train_config
     from ml_core.models import make_config
 
     fold, name = fold_and_variant(context)
