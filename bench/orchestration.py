@@ -111,6 +111,14 @@ def _prepare(code: Path, env: dict[str, str]) -> None:
         "    assert d.resolve_job_def('ingest_job').execute_in_process(instance=i, partition_key=str(s)).success\n"  # noqa: E501
         f"for f in {FOLDS!r}:\n"
         "    assert d.resolve_job_def('prepare_job').execute_in_process(instance=i, partition_key=f).success\n"  # noqa: E501
+        # The variants the backfill trains are registered partitions (a --baseline from before
+        # variants has static model partitions and no register_variants).
+        "try:\n"
+        "    from orchestration.defs.partitions import register_variants\n"
+        "except ImportError:\n"
+        "    pass\n"
+        "else:\n"
+        f"    register_variants(i, {MODELS!r})\n"
     )
     subprocess.run(
         [sys.executable, "-c", script],

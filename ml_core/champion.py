@@ -24,10 +24,11 @@ REGISTERED_MODEL = "pamap2-activity"
 class LeaderboardRow:
     """What the selection needs of one variant's leaderboard entry.
 
-    `complete`: every fold in `folds` was evaluated. `ece`: expected calibration error of the
-    pooled LOSO predictions (after temperature scaling when the bundle has it). `model_id`:
-    the MLflow logged model to register for this variant (what `log_model` returned), trained
-    on fold `trained_on` in `source_dir` (its `best.pt`).
+    `variant` is its name (a built-in variant is named after its model), `model` the registered
+    model it trains. `complete`: every fold in `folds` was evaluated. `ece`: expected
+    calibration error of the pooled LOSO predictions (after temperature scaling when the bundle
+    has it). `model_id`: the MLflow logged model to register for this variant (what
+    `log_model` returned), trained on fold `trained_on` in `source_dir` (its `best.pt`).
     """
 
     variant: str
@@ -40,6 +41,7 @@ class LeaderboardRow:
     model_id: str | None = None
     trained_on: str = ""
     source_dir: str | None = None
+    model: str = ""  # the registered model the variant trains
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,7 @@ def promote_champion(
         model_id=candidate.model_id,
         tags={
             "variant": candidate.variant,
+            "model": candidate.model,
             "protocol_id": candidate.protocol_id,
             "class_set": candidate.class_set,
             "trained_on": candidate.trained_on,

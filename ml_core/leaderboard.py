@@ -1,7 +1,9 @@
-"""Leaderboard: every model under one protocol side by side, ranked only against its equals.
+"""Leaderboard: every variant under one protocol side by side, ranked only against its equals.
 
-Input is one `Result` per (protocol, model, fold, seed): the test labels and predictions of an
-evaluation bundle plus its summary numbers. Per protocol (never mixed), each model gets:
+Input is one `Result` per (protocol, variant, fold, seed): the test labels and predictions of an
+evaluation bundle plus its summary numbers. A variant is a registered model with overrides
+(`ml_core.variants`); a built-in one is named after its model. Per protocol (never mixed), each
+variant is one entry (showing its model) and gets:
 - per-fold macro F1 (over the classes present in that fold's test labels), seed-averaged;
 - LOSO mean ± sample std over loso-101…108; loso-109 (one test class) on its own line;
 - pooled LOSO: every LOSO test window (109 included) in one confusion matrix, macro F1 over
@@ -11,7 +13,11 @@ evaluation bundle plus its summary numbers. Per protocol (never mixed), each mod
   incomplete, unranked, below every complete entry;
 - a paired comparison with the best complete entry over their shared LOSO folds (Wilcoxon
   signed-rank, two-sided, loso-109 left out as in the mean);
-- the spread over seeds when a model was trained with several.
+- the spread over seeds when a variant was trained with several.
+
+The sweep summary (`sweep_summary`) names, per model and class set, its best variant by pooled
+LOSO macro F1 among complete entries of every protocol section, with the variant's settings and
+protocol: the entry to pick from a sweep.
 """
 
 from __future__ import annotations
@@ -42,7 +48,10 @@ MISSING = "–"
 
 @dataclass
 class Result:
-    """One evaluation bundle: a model under a protocol on one fold with one seed."""
+    """One evaluation bundle: a variant of a model under a protocol on one fold with one seed.
+
+    `variant` defaults to the model's name (its built-in variant); `settings` are the
+    variant's overrides."""
 
     model: str
     fold: str
@@ -54,9 +63,12 @@ class Result:
     accuracy: float
     val_macro_f1: float | None = None
     calibration: dict[str, Any] = field(default_factory=dict)
+    variant: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        where = f"result {self.model}/{self.fold}/{self.protocol.id}/seed-{self.seed}"
+        self.variant = self.variant or self.model
+        where = f"result {self.variant}/{self.fold}/{self.protocol.id}/seed-{self.seed}"
         if self.fold not in FOLD_NAMES:
             raise ValueError(f"{where}: field 'fold' is {self.fold!r}, not one of {FOLD_NAMES}")
         if not self.model:
@@ -161,7 +173,10 @@ def _calibration_summary(results: list[Result]) -> dict[str, Any]:
     return out
 
 
-def _entry(model: str, results: list[Result]) -> dict[str, Any]:
+def _entry(variant: str, results: list[Result]) -> dict[str, Any]:
+    models = sorted({r.model for r in results})
+    if len(models) != 1:
+        raise ValueError(f"variant {variant}: results of several models {models}")
     by_fold: dict[str, list[Result]] = defaultdict(list)
     for r in results:
         by_fold[r.fold].append(r)
@@ -177,7 +192,9 @@ def _entry(model: str, results: list[Result]) -> dict[str, Any]:
     mean, std = _mean_std([per_fold[f]["macro_f1"] for f in loso_folds])
     loso_results = [r for r in results if r.fold.startswith(LOSO_PREFIX)]
     return {
-        "model": model,
+        "variant": variant,
+        "model": models[0],
+        "settings": results[0].settings,
         "seeds": sorted({r.seed for r in results}),
         "folds": list(per_fold),
         "per_fold": per_fold,
@@ -202,7 +219,7 @@ def _paired(entry: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
         set(entry["loso"]["folds"] if entry["loso"] else ())
         & set(best["loso"]["folds"] if best["loso"] else ())
     )
-    out: dict[str, Any] = {"against": best["model"], "n_folds": len(shared), "p_value": None}
+    out: dict[str, Any] = {"against": best["variant"], "n_folds": len(shared), "p_value": None}
     if not shared:
         out["note"] = "no shared LOSO folds"
         return out
@@ -226,27 +243,27 @@ def build_protocol_board(protocol: EvaluationProtocol, results: list[Result]) ->
     """One protocol's table: complete entries ranked, incomplete ones after them, unranked."""
     if any(r.protocol != protocol for r in results):
         raise ValueError(f"build_protocol_board: results of other protocols than {protocol.id}")
-    by_model: dict[str, list[Result]] = defaultdict(list)
+    by_variant: dict[str, list[Result]] = defaultdict(list)
     seen: set[tuple[str, str, int]] = set()
     for r in results:
-        key = (r.model, r.fold, r.seed)
+        key = (r.variant, r.fold, r.seed)
         if key in seen:
             raise ValueError(
-                f"duplicate result for {r.model} on {r.fold} with seed {r.seed} "
+                f"duplicate result for {r.variant} on {r.fold} with seed {r.seed} "
                 f"under protocol {protocol.id}"
             )
         seen.add(key)
-        by_model[r.model].append(r)
-    entries = [_entry(m, rs) for m, rs in sorted(by_model.items())]
+        by_variant[r.variant].append(r)
+    entries = [_entry(v, rs) for v, rs in sorted(by_variant.items())]
     reference = [f for f in FOLD_NAMES if any(f in e["per_fold"] for e in entries)]
     for e in entries:
         e["missing_folds"] = [f for f in reference if f not in e["per_fold"]]
         e["complete"] = not e["missing_folds"]
         e["score"] = _score(e, reference) if e["complete"] else None
     complete = sorted(
-        (e for e in entries if e["complete"]), key=lambda e: (-e["score"], e["model"])
+        (e for e in entries if e["complete"]), key=lambda e: (-e["score"], e["variant"])
     )
-    incomplete = sorted((e for e in entries if not e["complete"]), key=lambda e: e["model"])
+    incomplete = sorted((e for e in entries if not e["complete"]), key=lambda e: e["variant"])
     for rank, e in enumerate(complete, start=1):
         e["rank"] = rank
     for e in incomplete:
@@ -265,16 +282,48 @@ def build_protocol_board(protocol: EvaluationProtocol, results: list[Result]) ->
     }
 
 
+def sweep_summary(sections: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model and class set: its best variant by pooled LOSO macro F1 among the complete
+    entries of every protocol section (ties: the lower protocol id, then the name), with the
+    variant's settings, its protocol and how many variants it was chosen from."""
+    groups: dict[tuple[str, str], list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
+    for section in sections:
+        protocol = section["protocol"]
+        for e in section["rows"]:
+            if e["complete"] and e["pooled_loso"] is not None:
+                groups[(e["model"], protocol["class_set"])].append((protocol, e))
+    summary = []
+    for (model, class_set), entries in sorted(groups.items()):
+        protocol, best = min(
+            entries,
+            key=lambda pe: (-pe[1]["pooled_loso"]["macro_f1"], pe[0]["id"], pe[1]["variant"]),
+        )
+        pooled = best["pooled_loso"]
+        summary.append(
+            {
+                "model": model,
+                "class_set": class_set,
+                "best_variant": best["variant"],
+                "settings": best["settings"],
+                "pooled_loso_macro_f1": pooled["macro_f1"],
+                "ci_low": pooled["ci_low"],
+                "ci_high": pooled["ci_high"],
+                "protocol_id": protocol["id"],
+                "protocol": protocol["description"],
+                "variants_compared": sorted({e["variant"] for _, e in entries}),
+            }
+        )
+    return summary
+
+
 def build_leaderboard(results: list[Result]) -> dict[str, Any]:
-    """Every protocol's board; the protocol with the most results first."""
+    """Every protocol's board, the protocol with the most results first, and the sweep summary."""
     by_protocol: dict[EvaluationProtocol, list[Result]] = defaultdict(list)
     for r in results:
         by_protocol[r.protocol].append(r)
     order = sorted(by_protocol, key=lambda p: (-len(by_protocol[p]), p.id))
-    return {
-        "notes": NOTES,
-        "protocols": [build_protocol_board(p, by_protocol[p]) for p in order],
-    }
+    sections = [build_protocol_board(p, by_protocol[p]) for p in order]
+    return {"notes": NOTES, "protocols": sections, "sweep_summary": sweep_summary(sections)}
 
 
 NOTES = [
@@ -289,6 +338,9 @@ NOTES = [
     "LOSO macro F1. Incomplete entries are listed below, unranked.",
     "vs best: mean per-fold macro F1 difference from the rank-1 entry over shared LOSO folds "
     "(109 apart) and the Wilcoxon signed-rank p-value, with n folds.",
+    "An entry is a variant (a registered model with overrides, named in experiments.yaml; a "
+    "built-in variant is named after its model). Sweep summary: per model and class set, the "
+    "best complete variant by pooled LOSO macro F1 over every protocol, under its own protocol.",
 ]
 
 
@@ -325,6 +377,7 @@ def _cells(e: dict[str, Any], reference: list[str]) -> list[str]:
     apart = e["apart"].get("loso-109")
     return [
         MISSING if e["rank"] is None else str(e["rank"]),
+        e["variant"],
         e["model"],
         pooled_cell,
         loso_cell,
@@ -340,6 +393,7 @@ def _cells(e: dict[str, Any], reference: list[str]) -> list[str]:
 
 HEADER = [
     "rank",
+    "variant",
     "model",
     "pooled LOSO macro F1 [95% CI]",
     "LOSO macro F1 mean ± std (n)",
@@ -359,8 +413,48 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
+def format_settings(settings: dict[str, Any]) -> str:
+    """A variant's overrides as `key=value` text (model arguments as `m.<name>`)."""
+    return ", ".join(f"{k}={v}" for k, v in settings.items()) or "defaults"
+
+
+def sweep_summary_lines(summary: list[dict[str, Any]]) -> list[str]:
+    """The sweep summary as markdown lines: a heading, a note and one table row per model."""
+    rows = [
+        [
+            s["model"],
+            s["class_set"],
+            s["best_variant"],
+            f"{s['pooled_loso_macro_f1']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]",
+            s["protocol_id"],
+            format_settings(s["settings"]),
+            str(len(s["variants_compared"])),
+        ]
+        for s in summary
+    ]
+    header = [
+        "model",
+        "class set",
+        "best variant",
+        "pooled LOSO macro F1 [95% CI]",
+        "protocol",
+        "settings",
+        "variants compared",
+    ]
+    return [
+        "## Sweep summary: best variant per model",
+        "",
+        "Among complete entries of every protocol, by pooled LOSO macro F1; each under the "
+        "protocol named (its section above).",
+        "",
+        *_table(header, rows),
+        "",
+    ]
+
+
 def leaderboard_markdown(board: dict[str, Any], title: str) -> str:
-    """One section per protocol: its description, the ranked table and the per-fold table."""
+    """One section per protocol (its description, the ranked table, the per-fold table), then
+    the sweep summary."""
     lines = [f"# {title}", ""]
     if not board["protocols"]:
         lines += ["No evaluated models yet.", ""]
@@ -371,17 +465,27 @@ def leaderboard_markdown(board: dict[str, Any], title: str) -> str:
         lines += _table(HEADER, [_cells(e, reference) for e in section["rows"]])
         lines += ["", "Per-fold test macro F1 (seed mean):", ""]
         per_fold = [
-            [e["model"], *(_f(e["per_fold"].get(f, {}).get("macro_f1")) for f in reference)]
+            [e["variant"], *(_f(e["per_fold"].get(f, {}).get("macro_f1")) for f in reference)]
             for e in section["rows"]
         ]
-        lines += _table(["model", *reference], per_fold)
+        lines += _table(["variant", *reference], per_fold)
         lines.append("")
+        overridden = [e for e in section["rows"] if e["settings"]]
+        if overridden:
+            lines += ["Variant settings (overrides of the model's and the run's defaults):", ""]
+            lines += [
+                f"- {e['variant']} ({e['model']}): {format_settings(e['settings'])}"
+                for e in overridden
+            ]
+            lines.append("")
+    if board.get("sweep_summary"):
+        lines += sweep_summary_lines(board["sweep_summary"])
     lines += [f"- {note}" for note in board["notes"]]
     return "\n".join([*lines, ""])
 
 
 def leaderboard_plot(section: dict[str, Any], path: Path, title: str) -> Path:
-    """Per model: every LOSO fold's macro F1 (dots, 109 hollow), their box, and the pooled
+    """Per variant: every LOSO fold's macro F1 (dots, 109 hollow), their box, and the pooled
     macro F1 with its CI (diamond and bar): the distribution, not a single bar."""
     rows = section["rows"] if section else []
     fig = Figure(figsize=(max(7.0, 1.1 * len(rows) + 3.0), 5.5))
@@ -411,7 +515,7 @@ def leaderboard_plot(section: dict[str, Any], path: Path, title: str) -> Path:
                 capsize=3,
             )
     labels = [
-        f"{e['model']}\n" + ("incomplete" if not e["complete"] else f"#{e['rank']}") for e in rows
+        f"{e['variant']}\n" + ("incomplete" if not e["complete"] else f"#{e['rank']}") for e in rows
     ]
     ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)

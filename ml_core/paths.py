@@ -61,18 +61,19 @@ class DataPaths:
     def feature_stats(self, fold: str) -> Path:
         return self.fold_dir(fold) / "feature_stats.json"
 
-    # --- per fold x model x protocol x seed ---------------------------------------------
-    # A protocol id (ml_core.protocol) and a seed in every path: a run under other settings
-    # is stored beside earlier results, never over them.
-    def model_root(self, fold: str, model: str) -> Path:
-        """Every protocol's trainings of `model` on `fold` (and `latest.json`)."""
-        return self.root / "models" / fold / model
+    # --- per fold x variant x protocol x seed -------------------------------------------
+    # A variant (ml_core.variants; a built-in one is named after its model), a protocol id
+    # (ml_core.protocol) and a seed in every path: a run of another variant or under other
+    # settings is stored beside earlier results, never over them.
+    def model_root(self, fold: str, variant: str) -> Path:
+        """Every protocol's trainings of `variant` on `fold` (and `latest.json`)."""
+        return self.root / "models" / fold / variant
 
-    def model_dir(self, fold: str, model: str, protocol_id: str, seed: int) -> Path:
-        return self.model_root(fold, model) / protocol_id / f"seed-{seed}"
+    def model_dir(self, fold: str, variant: str, protocol_id: str, seed: int) -> Path:
+        return self.model_root(fold, variant) / protocol_id / f"seed-{seed}"
 
-    def evaluation_dir(self, fold: str, model: str, protocol_id: str, seed: int) -> Path:
-        return self.root / "evaluation" / fold / model / protocol_id / f"seed-{seed}"
+    def evaluation_dir(self, fold: str, variant: str, protocol_id: str, seed: int) -> Path:
+        return self.root / "evaluation" / fold / variant / protocol_id / f"seed-{seed}"
 
     # --- serving --------------------------------------------------------------------------
     @property

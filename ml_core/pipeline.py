@@ -39,6 +39,37 @@ def _run_record(model_dir: Path) -> Path:
     return model_dir / "mlflow_run.json"
 
 
+def fold_split_gap(paths: DataPaths, fold: str) -> int | None:
+    """The fewest rows a fold's manifests leave between two parts of one recording that go to
+    different splits (the stratified cut's gap); None when no shard is shared by two splits."""
+    by_shard: dict[str, list[tuple[int, int, str]]] = {}
+    for split, ranges in fold_lib.read_fold(paths, fold).items():
+        for r in ranges:
+            by_shard.setdefault(r.path, []).append((r.start, r.end, split))
+    gaps = [
+        b[0] - a[1]
+        for parts in by_shard.values()
+        for a, b in zip(sorted(parts), sorted(parts)[1:], strict=False)
+        if a[2] != b[2]
+    ]
+    return min(gaps) if gaps else None
+
+
+def check_fold_window(paths: DataPaths, fold: str, config: TrainConfig) -> None:
+    """Refuse a window longer than the gap the fold's manifests leave between train, val and
+    test (fold_manifests' `window`): its windows would start right beside the next split."""
+    w = config.window
+    rows = w.window * w.decimate
+    gap = fold_split_gap(paths, fold)
+    if gap is not None and gap < rows:
+        raise ValueError(
+            f"fold {fold}: its manifests leave {gap} rows between the train, val and test parts "
+            f"of a recording, less than one window of this run ({w.window} samples x decimate "
+            f"{w.decimate} = {rows} rows); rebuild fold_manifests[{fold}] with config "
+            f"window: {rows} (or more)"
+        )
+
+
 def train_fold_model(
     paths: DataPaths,
     fold: str,
@@ -49,16 +80,24 @@ def train_fold_model(
     resume: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     seeds: int = 1,
+    variant: str | None = None,
+    variant_settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train one model on one fold with `seeds` seeds (config.seed, config.seed + 1, …).
+    """Train `model_name` on one fold with `seeds` seeds (config.seed, config.seed + 1, …).
 
-    Each seed trains into `models/<fold>/<model>/<protocol id>/seed-<seed>/` and logs to its
-    own MLflow run, so a run under another protocol is stored beside earlier ones, never over
-    them. `latest.json` beside the protocol folders tells the evaluation what was trained.
-    A resumed training reopens the MLflow run it started, so a retried step keeps one run.
+    `variant` (default: the model's name, its built-in variant) names the results: each seed
+    trains into `models/<fold>/<variant>/<protocol id>/seed-<seed>/` and logs to its own MLflow
+    run tagged with the variant, so another variant or a run under another protocol is stored
+    beside earlier ones, never over them. `variant_settings` (the variant's overrides) are
+    recorded with it. `latest.json` beside the protocol folders tells the evaluation what was
+    trained. A resumed training reopens the MLflow run it started, so a retried step keeps one
+    run.
     """
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
+    variant = variant or model_name
+    record = {"name": variant, "model": model_name, "settings": dict(variant_settings or {})}
+    check_fold_window(paths, fold, config)
     started = time.perf_counter()
     protocol = EvaluationProtocol.of(config)
     seed_list = [config.seed + i for i in range(seeds)]
@@ -66,7 +105,7 @@ def train_fold_model(
         _train_one_seed(
             paths,
             fold,
-            model_name,
+            record,
             replace(config, seed=seed),
             protocol,
             tracker,
@@ -76,7 +115,7 @@ def train_fold_model(
         )
         for seed in seed_list
     ]
-    write_latest_training(paths.model_root(fold, model_name), protocol, seed_list)
+    write_latest_training(paths.model_root(fold, variant), protocol, seed_list, record)
     first = per_seed[0]
     return {
         **first,
@@ -91,7 +130,7 @@ def train_fold_model(
 def _train_one_seed(
     paths: DataPaths,
     fold: str,
-    model_name: str,
+    variant: dict[str, Any],
     config: TrainConfig,
     protocol: EvaluationProtocol,
     tracker: MlflowTracker | None,
@@ -100,7 +139,8 @@ def _train_one_seed(
     on_epoch: Callable[[dict[str, Any]], None] | None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    model_dir = paths.model_dir(fold, model_name, protocol.id, config.seed)
+    model_name, name = variant["model"], variant["name"]
+    model_dir = paths.model_dir(fold, name, protocol.id, config.seed)
     if tracker is None:
         result = train_model(model_name, paths, fold, config, model_dir, on_epoch, resume)
         return {**_train_summary(result, started, run_id=None, url=None), "seed": config.seed}
@@ -110,12 +150,20 @@ def _train_one_seed(
     if resume and previous.exists():
         candidate = json.loads(previous.read_text())["run_id"]
         run_id = candidate if tracker.run_exists(candidate) else None
-    run_tags = {**(tags or {}), "protocol_id": protocol.id, "seed": str(config.seed)}
-    with tracker.run(_run_name(fold, model_name, protocol, config.seed), run_tags, run_id) as rid:
+    run_tags = {
+        **(tags or {}),
+        "variant": name,
+        "model": model_name,
+        "protocol_id": protocol.id,
+        "seed": str(config.seed),
+    }
+    with tracker.run(_run_name(fold, name, protocol, config.seed), run_tags, run_id) as rid:
         write_json({"run_id": rid, "tracking_uri": tracker.tracking_uri}, previous)
         if run_id is None:
             tracker.log_params(
                 {
+                    "variant": name,
+                    "variant_settings": json.dumps(variant["settings"], sort_keys=True),
                     "model": model_name,
                     "fold": fold,
                     **config.to_dict(),
@@ -145,8 +193,8 @@ def _train_one_seed(
         return {**_train_summary(result, started, rid, tracker.run_url(rid)), "seed": config.seed}
 
 
-def _run_name(fold: str, model: str, protocol: EvaluationProtocol, seed: int) -> str:
-    return f"{fold}/{model}/{protocol.id}/seed-{seed}"
+def _run_name(fold: str, variant: str, protocol: EvaluationProtocol, seed: int) -> str:
+    return f"{fold}/{variant}/{protocol.id}/seed-{seed}"
 
 
 def _log_serving_model(best_path: Path, stats: dict[str, Any], config: TrainConfig) -> None:
@@ -190,20 +238,23 @@ def _train_summary(
 def evaluate_fold_model(
     paths: DataPaths,
     fold: str,
-    model_name: str,
+    variant: str,
     tracker: MlflowTracker | None = None,
     tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the latest training of `model_name` on `fold` (every seed) on the test set.
+    """Evaluate the latest training of `variant` (a built-in one is a model's name) on `fold`
+    (every seed) on the test set.
 
     Temperature scaling is fitted on the validation windows (a held-out person for LOSO and
     holdout folds). Each seed's bundle goes to the MLflow run that trained it when that run
     is in this tracking store, otherwise to a new run. The first seed's numbers are the
     headline; `per_seed` has all of them.
     """
-    latest = read_latest_training(paths.model_root(fold, model_name))
+    latest = read_latest_training(paths.model_root(fold, variant))
+    # Trained before variants were recorded: a built-in variant, named after its model.
+    record = latest.variant or {"name": variant, "model": variant, "settings": {}}
     per_seed = [
-        _evaluate_one_seed(paths, fold, model_name, latest.protocol_id, seed, tracker, tags)
+        _evaluate_one_seed(paths, fold, record, latest.protocol_id, seed, tracker, tags)
         for seed in latest.seeds
     ]
     return {**per_seed[0], "per_seed": per_seed, "seeds": latest.seeds}
@@ -212,18 +263,21 @@ def evaluate_fold_model(
 def _evaluate_one_seed(
     paths: DataPaths,
     fold: str,
-    model_name: str,
+    variant: dict[str, Any],
     protocol_id: str,
     seed: int,
     tracker: MlflowTracker | None,
     tags: dict[str, str] | None,
 ) -> dict[str, Any]:
-    model_dir = paths.model_dir(fold, model_name, protocol_id, seed)
+    name = variant["name"]
+    model_dir = paths.model_dir(fold, name, protocol_id, seed)
     model, ckpt = load_trained_model(model_dir / "best.pt")
+    model_name = ckpt["model_name"]
     config = TrainConfig(**ckpt["train_config"])
     protocol = EvaluationProtocol.of(config)
     if protocol.id != protocol_id:
         raise ValueError(f"{model_dir / 'best.pt'}: trained under {protocol.id}, not {protocol_id}")
+    check_fold_window(paths, fold, config)
     stats = load_feature_stats(paths.feature_stats(fold))
     test = WindowData.from_fold(paths, fold, "test", stats, config.window)
     val = WindowData.from_fold(paths, fold, "val", stats, config.window)
@@ -249,18 +303,20 @@ def _evaluate_one_seed(
         else f"validation (early stopping, best.pt, temperature) is subject {val_subject}, "
         "held out from train and test"
     )
-    out_dir = paths.evaluation_dir(fold, model_name, protocol_id, seed)
+    out_dir = paths.evaluation_dir(fold, name, protocol_id, seed)
     summary = write_evaluation_bundle(
         out_dir,
         y,
         probs,
         class_ids,
-        title=f"{fold} / {model_name} / {protocol_id} / seed {seed}",
+        title=f"{fold} / {name} / {protocol_id} / seed {seed}",
         val_logits=np.log(np.clip(val_probs, 1e-12, 1.0)),
         val_y=val_y,
         context={
             "fold": fold,
+            "variant": name,
             "model": model_name,
+            "variant_settings": variant["settings"],
             "seed": seed,
             "protocol": protocol.to_dict(),
             "validation_subject": val_subject,
@@ -290,9 +346,16 @@ def _evaluate_one_seed(
         run_id = json.loads(record.read_text())["run_id"] if record.exists() else None
         if run_id is not None and not tracker.run_exists(run_id):
             run_id = None
-        run_tags = {**(tags or {}), "protocol_id": protocol_id, "seed": str(seed)}
-        name = _run_name(fold, model_name, protocol, seed)
-        with tracker.run(name, run_tags, run_id=run_id) as active_id:
+        run_tags = {
+            **(tags or {}),
+            "variant": name,
+            "model": model_name,
+            "protocol_id": protocol_id,
+            "seed": str(seed),
+        }
+        with tracker.run(
+            _run_name(fold, name, protocol, seed), run_tags, run_id=run_id
+        ) as active_id:
             tracker.log_metrics(
                 {
                     f"test_{k}": summary[k]
@@ -324,12 +387,15 @@ def collect_results(paths: DataPaths) -> list[Result]:
             continue  # written before protocols were recorded: not comparable to anything
         protocol = EvaluationProtocol.from_dict(summary["protocol"])
         fold, model, seed = summary["fold"], summary["model"], int(summary["seed"])
+        variant = summary.get("variant", model)  # bundles from before variants: built-in
         y_true, y_pred = read_predictions(summary_path.parent / "predictions.parquet")
-        history = paths.model_dir(fold, model, protocol.id, seed) / "history.json"
+        history = paths.model_dir(fold, variant, protocol.id, seed) / "history.json"
         val = json.loads(history.read_text())["best_metric"] if history.exists() else None
         results.append(
             Result(
                 model=model,
+                variant=variant,
+                settings=summary.get("variant_settings", {}),
                 fold=fold,
                 protocol=protocol,
                 seed=seed,
@@ -373,11 +439,13 @@ def retrain_on_all_subjects(
     source_dir: Path,
     tracker: MlflowTracker,
     tags: dict[str, str] | None = None,
+    variant: str | None = None,
 ) -> dict[str, Any]:
     """Retrain the model trained in `source_dir` (a `best.pt`'s folder), with the settings it
     was trained with, on the deployment fold: every subject trains except validation subject
     105, who picks the epoch (early stopping and `best.pt`) as in every fold. Logged to MLflow
-    like any training; the summary adds `model_id`, the logged model to register. Its estimate
+    like any training, as `variant` (default: the model's built-in variant) with the settings
+    recorded for it; the summary adds `model_id`, the logged model to register. Its estimate
     of performance stays the LOSO one: the deployment fold has no test person."""
     from ml_core.data_pipeline import build_fold_manifests, fold_feature_stats
     from ml_core.io import load_torch
@@ -393,8 +461,17 @@ def retrain_on_all_subjects(
         failed = {name: message for name, (ok, message) in built["checks"].items() if not ok}
         raise ValueError(f"fold {fold}: manifest checks failed: {failed}")
     fold_feature_stats(paths, fold)
+    # <variant>/<protocol id>/seed-<n>: the variant's record is beside its protocol folders.
+    recorded = read_latest_training(Path(source_dir).parent.parent).variant
     summary = train_fold_model(
-        paths, fold, ckpt["model_name"], config, tracker, {**(tags or {}), "fold": fold}
+        paths,
+        fold,
+        ckpt["model_name"],
+        config,
+        tracker,
+        {**(tags or {}), "fold": fold},
+        variant=variant,
+        variant_settings=recorded.get("settings") if recorded.get("name") == variant else None,
     )
     run_record = _run_record(Path(summary["best_path"]).parent)
     return {**summary, "fold": fold, "model_id": _logged_model_id(tracker, run_record)}
@@ -403,11 +480,14 @@ def retrain_on_all_subjects(
 def champion_candidates(
     paths: DataPaths, tracker: MlflowTracker, source_fold: str = "holdout-106"
 ) -> list[Any]:
-    """The leaderboard's first protocol section as champion candidates (one per model).
+    """The leaderboard's variants as champion candidates, one row per variant.
 
-    A candidate's `ece` is its mean test ECE over the LOSO folds after temperature scaling
-    (before, where no temperature was fitted); the model offered for registration is the one
-    trained on `source_fold` (first seed) under the same protocol, as logged to MLflow.
+    Variants of every protocol section whose class set is the first (main) section's take
+    part, so a variant that changes the window or the loss competes too; a variant found in
+    several sections counts with its entry of the earliest one. A candidate's `ece` is its mean
+    test ECE over the LOSO folds after temperature scaling (before, where no temperature was
+    fitted); the model offered for registration is the variant's model trained on
+    `source_fold` (first seed) under the entry's protocol, as logged to MLflow.
     """
     from ml_core.champion import LeaderboardRow
 
@@ -417,21 +497,25 @@ def champion_candidates(
     sections = json.loads(board_path.read_text())["protocols"]
     if not sections:
         return []
-    section = sections[0]
-    protocol = section["protocol"]
-    rows = []
-    for entry in section["rows"]:
-        pooled = entry["pooled_loso"]
-        if pooled is None:
+    class_set = sections[0]["protocol"]["class_set"]
+    rows: dict[str, Any] = {}
+    for section in sections:
+        protocol = section["protocol"]
+        if protocol["class_set"] != class_set:
             continue
-        calibration = entry["calibration"]
-        ece = calibration["ece_after_mean"]
-        ece = calibration["ece_before_mean"] if ece is None else ece
-        source_dir = paths.model_dir(source_fold, entry["model"], protocol["id"], entry["seeds"][0])
-        run_record = _run_record(source_dir)
-        rows.append(
-            LeaderboardRow(
-                variant=entry["model"],
+        for entry in section["rows"]:
+            pooled = entry["pooled_loso"]
+            variant = entry.get("variant", entry["model"])
+            if pooled is None or variant in rows:
+                continue
+            calibration = entry["calibration"]
+            ece = calibration["ece_after_mean"]
+            ece = calibration["ece_before_mean"] if ece is None else ece
+            source_dir = paths.model_dir(source_fold, variant, protocol["id"], entry["seeds"][0])
+            run_record = _run_record(source_dir)
+            rows[variant] = LeaderboardRow(
+                variant=variant,
+                model=entry["model"],
                 protocol_id=protocol["id"],
                 class_set=protocol["class_set"],
                 folds=tuple(entry["folds"]),
@@ -442,8 +526,7 @@ def champion_candidates(
                 trained_on=source_fold,
                 source_dir=str(source_dir),
             )
-        )
-    return rows
+    return list(rows.values())
 
 
 def choose_champion(
@@ -476,7 +559,8 @@ def choose_champion(
             paths,
             Path(candidate.source_dir),
             tracker,
-            {**(tags or {}), "variant": candidate.variant},
+            tags,
+            variant=candidate.variant,
         )
         if retrained["model_id"] is None:
             raise RuntimeError(f"{candidate.variant}: the retrained model was not logged to MLflow")

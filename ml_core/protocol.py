@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -98,20 +98,31 @@ class EvaluationProtocol:
 
 @dataclass(frozen=True)
 class LatestTraining:
-    """Which protocol and seeds the last training of a fold × model wrote (its evaluation
-    reads these)."""
+    """Which protocol and seeds the last training of a fold × variant wrote, and the variant
+    (`name`, `model`, `settings`: its overrides); its evaluation reads these."""
 
     protocol_id: str
     seeds: list[int]
+    variant: dict[str, Any] = field(default_factory=dict)
 
 
 def latest_training_path(model_root: Path) -> Path:
     return Path(model_root) / "latest.json"
 
 
-def write_latest_training(model_root: Path, protocol: EvaluationProtocol, seeds: list[int]) -> Path:
+def write_latest_training(
+    model_root: Path,
+    protocol: EvaluationProtocol,
+    seeds: list[int],
+    variant: dict[str, Any] | None = None,
+) -> Path:
     return write_json(
-        {"protocol_id": protocol.id, "protocol": protocol.to_dict(), "seeds": list(seeds)},
+        {
+            "protocol_id": protocol.id,
+            "protocol": protocol.to_dict(),
+            "seeds": list(seeds),
+            "variant": variant or {},
+        },
         latest_training_path(model_root),
     )
 
@@ -121,14 +132,16 @@ def read_latest_training(model_root: Path) -> LatestTraining:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no training recorded here; materialize trained_model")
     record = json.loads(path.read_text())
-    return LatestTraining(str(record["protocol_id"]), [int(s) for s in record["seeds"]])
+    return LatestTraining(
+        str(record["protocol_id"]), [int(s) for s in record["seeds"]], record.get("variant", {})
+    )
 
 
-def latest_dirs(paths: DataPaths, fold: str, model: str) -> tuple[Path, Path]:
+def latest_dirs(paths: DataPaths, fold: str, variant: str) -> tuple[Path, Path]:
     """(model folder, evaluation folder) of the first seed of the latest training."""
-    latest = read_latest_training(paths.model_root(fold, model))
+    latest = read_latest_training(paths.model_root(fold, variant))
     seed = latest.seeds[0]
     return (
-        paths.model_dir(fold, model, latest.protocol_id, seed),
-        paths.evaluation_dir(fold, model, latest.protocol_id, seed),
+        paths.model_dir(fold, variant, latest.protocol_id, seed),
+        paths.evaluation_dir(fold, variant, latest.protocol_id, seed),
     )

@@ -72,7 +72,7 @@ class Variant:
     train: dict[str, Any] = field(default_factory=dict)
     window: dict[str, Any] = field(default_factory=dict)
     model_args: dict[str, Any] = field(default_factory=dict)
-    seeds: int = 1  # trainings per fold, with seeds seed, seed + 1, ... (the pipeline's seeds)
+    seeds: int | None = None  # trainings per fold (seeds seed, seed + 1, ...); None: run config's
     entry: str = ""  # the file entry it was expanded from ("" for a built-in variant)
     description: str = ""
 
@@ -94,8 +94,33 @@ class Variant:
             **self.train,
             **self.window,
             **{f"m.{k}": v for k, v in self.model_args.items()},
-            "seeds": self.seeds,
+            **({} if self.seeds is None else {"seeds": self.seeds}),
         }
+
+    def apply(self, run_config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """This variant's run settings: what it sets, over `run_config` (flat settings as the
+        launchpad's training config holds them); everything it does not set comes from
+        `run_config`. `model_args` go into `model_overrides` key by key.
+
+        Returns (the effective flat settings, {setting: [run config value, variant value]} for
+        every run config value the variant replaced with a different one).
+        """
+        effective = dict(run_config)
+        replaced: dict[str, Any] = {}
+        own = {**self.train, **self.window}
+        if self.seeds is not None:
+            own["seeds"] = self.seeds
+        for key, value in own.items():
+            if key in run_config and run_config[key] != value:
+                replaced[key] = [run_config[key], value]
+            effective[key] = value
+        overrides = dict(run_config.get("model_overrides") or {})
+        for key, value in self.model_args.items():
+            if key in overrides and overrides[key] != value:
+                replaced[f"m.{key}"] = [overrides[key], value]
+            overrides[key] = value
+        effective["model_overrides"] = overrides
+        return effective, replaced
 
 
 def builtin_variants() -> list[Variant]:
@@ -272,7 +297,7 @@ def _expand_entry(
             train={k: v for k, v in chosen.items() if k in TRAIN_SETTINGS},
             window={k: v for k, v in chosen.items() if k in WINDOW_SETTINGS},
             model_args={k[2:]: v for k, v in chosen.items() if k.startswith("m.")},
-            seeds=chosen.get("seeds", 1),
+            seeds=chosen.get("seeds"),
             entry=str(name),
             description=str(entry.get("description", "")),
         )

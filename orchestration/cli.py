@@ -84,7 +84,7 @@ def where_to_look(paths: DataPaths, dagster_home: str) -> str:
         )
     lines.append(
         f"  files      : {paths.root} (reports/leaderboard.md, "
-        "evaluation/<fold>/<model>/<protocol id>/seed-<n>/)"
+        "evaluation/<fold>/<variant>/<protocol id>/seed-<n>/)"
     )
     return "\n".join(lines)
 
@@ -161,10 +161,23 @@ def _variants(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     for v in variants:
-        settings = " ".join(f"{k}={val}" for k, val in v.settings().items() if k != "seeds")
+        settings = " ".join(f"{k}={val}" for k, val in v.settings().items())
         origin = "built-in" if v.builtin else v.entry
-        print(f"{v.name:<40} {v.model:<24} {origin:<18} seeds={v.seeds} {settings}")
+        print(f"{v.name:<40} {v.model:<24} {origin:<18} {settings}")
     print(f"{len(variants)} variants ({sum(not v.builtin for v in variants)} from {args.file})")
+    if args.register:
+        import dagster as dg
+
+        from orchestration.defs.partitions import register_variants
+
+        _use_project_instance()
+        with dg.DagsterInstance.get() as instance:
+            new = register_variants(instance, [v.name for v in variants])
+            home = instance.root_directory
+        print(
+            f"registered {len(new)} new variant partition(s) in the Dagster instance at {home}"
+            + (f": {', '.join(new)}" if new else " (all were registered)")
+        )
     return 0
 
 
@@ -229,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     variants = sub.add_parser("variants", help="validate experiments.yaml and list the variants")
     variants.add_argument("--file", default=str(PROJECT_ROOT / "experiments.yaml"))
+    variants.add_argument(
+        "--register",
+        action="store_true",
+        help="also add them as `variant` partitions of fold x model to the project's Dagster "
+        "instance (DAGSTER_HOME, default the project folder); an invalid file adds nothing",
+    )
     variants.set_defaults(func=_variants)
     return parser
 

@@ -37,6 +37,9 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "trained_model": (
         f"{_TRAIN}:train_fold_model",
         f"{_TRAIN}:_train_one_seed",
+        f"{_TRAIN}:check_fold_window",
+        f"{_TRAIN}:fold_split_gap",
+        "ml_core/variants.py",
         f"{_TRAIN}:_log_serving_model",
         "ml_core/train.py",
         "ml_core/config.py",
@@ -51,6 +54,7 @@ SOURCES: dict[str, tuple[str, ...]] = {
     "evaluation_bundle": (
         f"{_TRAIN}:evaluate_fold_model",
         f"{_TRAIN}:_evaluate_one_seed",
+        f"{_TRAIN}:check_fold_window",
         "ml_core/evaluate.py",
         "ml_core/calibration.py",
     ),
@@ -76,12 +80,12 @@ CODE_VERSIONS: dict[str, str] = {
     "activity_shards": "1",
     "fold_manifests": "2",
     "feature_stats": "1",
-    "trained_model": "2",
-    "evaluation_bundle": "2",
-    "leaderboard": "2",
+    "trained_model": "4",
+    "evaluation_bundle": "3",
+    "leaderboard": "3",
     "activity_timeline": "2",
     "inbox_timeline": "2",
-    "champion_model": "3",
+    "champion_model": "4",
 }
 
 

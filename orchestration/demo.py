@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import warnings
 from collections.abc import Sequence, Sized
@@ -34,6 +35,12 @@ PREPARE_CHAIN = ("fold_manifests", "feature_stats")
 TRAINING_CHAIN = ("trained_model", "evaluation_bundle")
 # Step and epoch lines on the terminal; Dagster's per-event debug lines stay in the UI.
 QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+PID_TAG = "pamap/pid"  # the demo process that runs a run in process
+_UNFINISHED = [
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
 
 
 @dataclass
@@ -61,6 +68,7 @@ def _run(
         asset_selection=[dg.AssetKey(a) for a in assets],
         run_config=run_config or QUIET_CONSOLE,
         raise_on_error=False,
+        tags={PID_TAG: str(os.getpid())},
     )
     wall = time.perf_counter() - started
     step_ms = sum(e.step_success_data.duration_ms for e in result.get_step_success_events())
@@ -77,6 +85,30 @@ def _run(
                 error = error.cause
             print(f"    {event.step_key}: {error.message.strip() if error else 'failed'}")
         raise SystemExit(f"demo stopped: {label} failed (run {result.run_id})")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def release_abandoned_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark failed the demo runs whose process is gone (a killed demo) and free their
+    `training` pool slots: otherwise the next demo's training step waits for the slot forever."""
+    released = []
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=_UNFINISHED)):
+        pid = run.tags.get(PID_TAG)
+        if pid is None or _alive(int(pid)):
+            continue
+        instance.report_run_failed(run, message=f"the demo process {pid} that ran it is gone")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        released.append(run.run_id)
+    return released
 
 
 def _say_if_up_to_date(done: Sized | int) -> None:
@@ -103,13 +135,13 @@ def _trained_under(paths: DataPaths, fold: str, model: str, protocol_id: str) ->
 
 
 def print_evaluation_summary(board: dict) -> None:
-    """Per model, over its LOSO results: validation vs test macro F1 (how much checkpoint
+    """Per variant, over its LOSO results: validation vs test macro F1 (how much checkpoint
     choice on a held-out person overstates the test person) and test calibration before and
     after temperature scaling."""
     for section in board["protocols"]:
         print(f"\nLOSO results under {section['protocol']['description']}:")
         header = (
-            f"  {'model':<26}{'n':>3}  {'val F1':>7}  {'test F1':>7}  {'ECE before':>10}"
+            f"  {'variant':<26}{'n':>3}  {'val F1':>7}  {'test F1':>7}  {'ECE before':>10}"
             f"  {'ECE after':>9}  {'NLL before':>10}  {'NLL after':>9}  NLL +>10%  T applied"
         )
         print(header)
@@ -123,7 +155,7 @@ def print_evaluation_summary(board: dict) -> None:
                 return f"{'–':>{width}}" if value is None else f"{value:>{width}.3f}"
 
             print(
-                f"  {row['model']:<26}{c['n_results']:>3}  {cell('val_macro_f1_mean', 7)}  "
+                f"  {row['variant']:<26}{c['n_results']:>3}  {cell('val_macro_f1_mean', 7)}  "
                 f"{cell('test_macro_f1_mean', 7)}  {cell('ece_before_mean', 10)}  "
                 f"{cell('ece_after_mean', 9)}  {cell('nll_before_mean', 10)}  "
                 f"{cell('nll_after_mean', 9)}  {c['n_nll_worse_10pct']:>9}  "
@@ -142,6 +174,7 @@ def run_demo(
     from ml_core.synthetic import write_dataset
     from orchestration.cli import where_to_look
     from orchestration.definitions import defs as load_defs
+    from orchestration.defs.partitions import register_variants
 
     began = time.perf_counter()
     import mlflow  # noqa: F401  (imported first: it configures its loggers on import)
@@ -179,6 +212,10 @@ def run_demo(
 
     definitions = load_defs()
     instance = dg.DagsterInstance.get()
+    for run_id in release_abandoned_runs(instance):
+        print(f"run {run_id} of a demo that was killed: marked failed, its pool slots freed")
+    # The built-in variants (one per registered model) are the model partitions it trains.
+    register_variants(instance, model_names())
     timing = Timing()
     ingest = definitions.resolve_job_def("ingest_job")
     prepare = definitions.resolve_job_def("prepare_job")

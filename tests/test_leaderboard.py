@@ -18,6 +18,7 @@ from ml_core.leaderboard import (
     build_leaderboard,
     leaderboard_markdown,
     pooled_loso,
+    sweep_summary,
     write_leaderboard,
 )
 from ml_core.protocol import EvaluationProtocol
@@ -35,6 +36,8 @@ def result(
     rng: np.random.Generator,
     seed: int = 0,
     protocol: EvaluationProtocol = PROTOCOL,
+    variant: str = "",
+    settings: dict | None = None,
 ) -> Result:
     """A fold's predictions: correct with probability `skill`, else a random class."""
     classes = np.array([24]) if fold == "loso-109" else np.array(PROTOCOL_ACTIVITIES[:-1])
@@ -53,6 +56,8 @@ def result(
         accuracy=float((y == pred).mean()),
         val_macro_f1=0.9,
         calibration={"ece_before": 0.2, "ece_after": 0.1, "nll_before": 1.0, "nll_after": 0.9},
+        variant=variant,
+        settings=settings or {},
     )
 
 
@@ -219,3 +224,55 @@ def test_empty_leaderboard_renders(tmp_path: Path) -> None:
     assert "No evaluated models yet" in leaderboard_markdown(board, "empty")
     files = write_leaderboard(board, tmp_path, "empty")
     assert imread(files["plot"]).shape[0] > 0
+
+
+def test_entries_are_variants_and_the_sweep_summary_picks_each_models_best() -> None:
+    rng = np.random.default_rng(7)
+    longer = EvaluationProtocol(512, 256, 1, "protocol12", "weighted_ce", 6)
+    narrow, wide = {"m.hidden": 64}, {"m.hidden": 128}
+    results = [
+        # Two variants of one model under one protocol: two entries, each showing its model.
+        *(result("lstm", f, 0.5, rng, variant="sweep-m.hidden=64", settings=narrow) for f in LOSO),
+        *(result("lstm", f, 0.7, rng, variant="sweep-m.hidden=128", settings=wide) for f in LOSO),
+        # The best lstm variant, under another window: its own section, still compared.
+        *(
+            result("lstm", f, 0.9, rng, protocol=longer, variant="long", settings={"window": 512})
+            for f in LOSO
+        ),
+        # Better still, but not every fold: never the best of a sweep.
+        *(result("lstm", f, 1.0, rng, variant="few") for f in LOSO[:3]),
+        *(result("feature_gbm", f, 0.6, rng) for f in LOSO),
+        # Another class set: its own line of the summary.
+        *(result("lstm", f, 0.3, rng, protocol=OTHER, variant="eleven") for f in LOSO),
+    ]
+    board = build_leaderboard(results)
+    rows = section(board)["rows"]
+    by_variant = {e["variant"]: e for e in rows}
+    assert set(by_variant) == {"sweep-m.hidden=64", "sweep-m.hidden=128", "few", "feature_gbm"}
+    assert by_variant["sweep-m.hidden=128"]["model"] == "lstm"
+    assert by_variant["sweep-m.hidden=128"]["settings"] == wide
+    assert by_variant["feature_gbm"]["model"] == "feature_gbm"  # a built-in variant
+    assert by_variant["sweep-m.hidden=64"]["vs_best"]["against"] == "sweep-m.hidden=128"
+
+    summary = {(s["model"], s["class_set"]): s for s in board["sweep_summary"]}
+    assert set(summary) == {
+        ("lstm", "protocol12"),
+        ("feature_gbm", "protocol12"),
+        ("lstm", "protocol11"),
+    }
+    best = summary[("lstm", "protocol12")]
+    long_pooled = entry_of(board, "long", longer)["pooled_loso"]["macro_f1"]
+    assert best["best_variant"] == "long" and best["settings"] == {"window": 512}
+    assert best["protocol_id"] == longer.id and best["pooled_loso_macro_f1"] == long_pooled
+    assert best["variants_compared"] == ["long", "sweep-m.hidden=128", "sweep-m.hidden=64"]
+    assert summary[("lstm", "protocol11")]["best_variant"] == "eleven"
+    assert sweep_summary(board["protocols"]) == board["sweep_summary"]
+
+    markdown = leaderboard_markdown(board, "t")
+    assert "## Sweep summary: best variant per model" in markdown
+    assert "| lstm | protocol12 | long |" in markdown and "window=512" in markdown
+    assert "- sweep-m.hidden=128 (lstm): m.hidden=128" in markdown
+
+
+def entry_of(board: dict, variant: str, protocol: EvaluationProtocol) -> dict:
+    return next(e for e in section(board, protocol)["rows"] if e["variant"] == variant)

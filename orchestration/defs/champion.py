@@ -1,4 +1,4 @@
-"""Lifecycle stage: the best complete model past the gates, as the registry's champion."""
+"""Lifecycle stage: the best complete variant past the gates, as the registry's champion."""
 
 import dagster as dg
 
@@ -14,7 +14,7 @@ class ChampionConfig(dg.Config):
     baseline: str = "feature_gbm"  # the classical baseline to beat on pooled LOSO macro F1
     max_ece: float = 0.15  # mean test ECE over the LOSO folds, after temperature scaling
     min_margin: float = 0.0  # pooled LOSO macro F1 needed above the baseline's
-    source_fold: str = "holdout-106"  # whose trained model is registered
+    source_fold: str = "holdout-106"  # the fold whose model of the variant is registered
     # Register a model retrained on every subject but validation person 105 (the deployment
     # fold `all-subjects`) instead of the source fold's; only done when it would be promoted.
     retrain_on_all: bool = False
@@ -32,13 +32,14 @@ def champion_model(
     data_root: DataRoot,
     mlflow: MlflowTracking,
 ) -> dg.MaterializeResult:
-    """Picks the best complete model of the leaderboard's first protocol by pooled LOSO macro
-    F1, past the gates (beats the classical baseline, ECE within the bound), and registers it in
-    the MLflow Model Registry as `pamap2-activity@champion` only when it beats the current
+    """Picks the best complete variant of the leaderboard (every protocol section with the
+    main section's class set) by pooled LOSO macro F1, past the gates (beats the classical
+    baseline, ECE within the bound), and registers its model trained on `source_fold` in the
+    MLflow Model Registry as `pamap2-activity@champion` only when it beats the current
     champion; the replaced version keeps the alias `previous_champion` (rollback = one alias
-    move). With `retrain_on_all`, the registered model is the chosen one retrained on every
+    move). With `retrain_on_all`, the registered model is the chosen variant retrained on every
     subject but validation person 105. The metadata shows the decision and why every other
-    model was not chosen."""
+    variant was not chosen."""
     from ml_core.champion import ChampionGates
     from ml_core.pipeline import choose_champion
 
@@ -54,7 +55,9 @@ def champion_model(
     chosen = selection.champion.variant if selection.champion else None
     comparison = [
         {
-            "model": r.variant,
+            "variant": r.variant,
+            "model": r.model,
+            "protocol": r.protocol_id,
             "pooled LOSO macro F1": r.pooled_loso_macro_f1,
             "ECE": r.ece,
             "complete": r.complete,

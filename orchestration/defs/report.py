@@ -1,4 +1,4 @@
-"""Report stage: every model x fold side by side."""
+"""Report stage: every variant x fold side by side, and the sweep summary."""
 
 from pathlib import Path
 
@@ -17,15 +17,24 @@ from orchestration.metadata import files_version
     code_version=CODE_VERSIONS["leaderboard"],
 )
 def leaderboard(data_root: DataRoot, mlflow: MlflowTracking) -> dg.MaterializeResult:
-    """Test macro F1 and accuracy of every evaluated model on `stratified`, `holdout-106` and
-    mean +- std over the LOSO folds, with the gap between the within-subject split and LOSO.
-    Written as markdown, JSON and a plot, and logged to MLflow."""
+    """Every evaluated variant side by side, one section per protocol: pooled LOSO macro F1
+    with its CI, LOSO mean +- std, `stratified` and `holdout-106`, paired comparisons. The sweep
+    summary names each model's best complete variant with its settings. Written as markdown,
+    JSON and a plot, and logged to MLflow."""
     from ml_core import pipeline  # torch and MLflow: only when this step runs
+    from ml_core.leaderboard import sweep_summary_lines
 
     result = pipeline.build_report(data_root.paths(), tracker=mlflow.tracker())
+    sweep = result["board"]["sweep_summary"]
     return dg.MaterializeResult(
         metadata={
             "leaderboard": dg.MetadataValue.md(result["markdown"]),
+            "sweep_summary": dg.MetadataValue.md(
+                "\n".join(sweep_summary_lines(sweep)) if sweep else "_no complete LOSO entry yet_"
+            ),
+            "best_variants": dg.MetadataValue.json(
+                {s["model"] + "/" + s["class_set"]: s["best_variant"] for s in sweep}
+            ),
             "evaluated_fold_models": result["n_records"],
             "plot": dg.MetadataValue.md(f"![leaderboard]({result['plot_data_uri']})"),
             "folder": dg.MetadataValue.path(result["folder"]),

@@ -1,4 +1,11 @@
-"""Train stage: one model per fold x model partition, then its evaluation bundle.
+"""Train stage: one model per fold x variant partition, then its evaluation bundle.
+
+The model dimension holds variants (`orchestration.defs.partitions`). How a file variant and
+the launchpad's run config combine: the settings the variant names (training, window and
+protocol settings, `seeds`, and each of its `model_args`, merged key by key into
+`model_overrides`) override the run config; everything it does not name comes from the run
+config. The effective config, and which run config values the variant replaced, are recorded
+in the asset metadata.
 
 `ml_core.pipeline` (torch, scikit-learn, MLflow) is imported inside the asset bodies, so loading
 the code location and running the data steps does not pay for it.
@@ -9,13 +16,22 @@ from typing import Any
 
 import dagster as dg
 
-from ml_core.config import ClassSet, Device, Loss, TrainConfig, WindowConfig, make_train_config
+from ml_core.config import (
+    ClassSet,
+    Device,
+    Loss,
+    Precision,
+    TrainConfig,
+    WindowConfig,
+    make_train_config,
+)
 from ml_core.io import checkpoint_digest
 from orchestration.code_versions import CODE_VERSIONS
 from orchestration.defs.automation import WEEKLY_TRAINING
-from orchestration.defs.partitions import fold_and_model, fold_model_partitions
+from orchestration.defs.partitions import fold_and_variant, fold_model_partitions
 from orchestration.defs.prepare import activity_shards, feature_stats, fold_manifests
 from orchestration.defs.resources import DataRoot, MlflowTracking
+from orchestration.defs.variants import find_variant
 from orchestration.metadata import files_version, png_markdown, table
 
 TRAINING_POOL = "training"
@@ -25,7 +41,9 @@ class TrainingConfig(dg.Config):
     """Hyperparameters (defaults: `ml_core.train.TrainConfig`'s, which train fast on a CPU).
     `loss`, `device` and `class_set` are enumerated: the launchpad rejects any other value.
     `model_overrides` sets the architecture's own settings (its config dataclass in
-    `ml_core/models/<model>.py`), e.g. `{hidden: 128}`; an unknown key fails the run at once."""
+    `ml_core/models/<model>.py`), e.g. `{hidden: 128}`, and `augment` the augmentation's
+    (`ml_core.config.AugmentConfig`); an unknown key fails the run at once. A file variant's own
+    settings override these; the rest apply to it as to any variant."""
 
     epochs: int = TrainConfig.epochs
     batch_size: int = TrainConfig.batch_size
@@ -45,11 +63,13 @@ class TrainingConfig(dg.Config):
     decimate: int = WindowConfig.decimate
     class_set: ClassSet = WindowConfig.class_set
     model_overrides: dict[str, Any] = {}
+    # Training-batch augmentation: AugmentConfig fields to change, e.g. {enabled: false}.
+    augment: dict[str, Any] = {}
+    precision: Precision = "fp32"  # "bf16": forward passes under bfloat16 autocast
+    compile: bool = TrainConfig.compile
+    deterministic: bool = TrainConfig.deterministic  # exact runs; refuse a resume elsewhere
     resume: bool = False
     seeds: int = 1  # repeat the training with seeds seed, seed + 1, …: the spread is reported
-
-    def to_train_config(self) -> TrainConfig:
-        return make_train_config(self.model_dump())
 
 
 _BY_FOLD = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="fold")
@@ -72,7 +92,7 @@ _BUNDLE_PLOTS = (
 
 
 def _run_tags(
-    context: dg.AssetExecutionContext, fold: str, model: str, mlflow: MlflowTracking
+    context: dg.AssetExecutionContext, fold: str, variant: str, mlflow: MlflowTracking
 ) -> dict[str, str]:
     """Tags of the MLflow run, with the link back to the Dagster run that made it."""
     run_id = context.run.run_id
@@ -80,7 +100,7 @@ def _run_tags(
         "dagster.run_id": run_id,
         "dagster.run_url": mlflow.dagster_run_url(run_id),
         "fold": fold,
-        "model": model,
+        "variant": variant,
     }
 
 
@@ -108,31 +128,38 @@ def trained_model(
     data_root: DataRoot,
     mlflow: MlflowTracking,
 ) -> dg.MaterializeResult:
-    """A model trained by `ml_core` on one fold: `best.pt`, `last.pt` and `history.json` under
-    `data/models/<fold>/<model>/<protocol id>/seed-<seed>/`, one MLflow run per seed. Another
-    protocol (window, stride, rate, class set, loss, epochs) is stored beside, never over.
-    A retry resumes from `last.pt`."""
+    """A variant's model trained by `ml_core` on one fold: `best.pt`, `last.pt` and
+    `history.json` under `data/models/<fold>/<variant>/<protocol id>/seed-<seed>/`, one MLflow
+    run per seed tagged with the variant. A file variant's settings override the run config
+    (the rest comes from it); another protocol (window, stride, rate, class set, loss, epochs)
+    is stored beside, never over. A retry resumes from `last.pt`."""
     from ml_core import pipeline
     from ml_core.models import make_config
 
-    fold, model = fold_and_model(context)
+    fold, name = fold_and_variant(context)
     try:
-        train_config = config.to_train_config()
-        make_config(model, **train_config.model_overrides)
+        variant = find_variant(name)
+        settings, replaced = variant.apply(config.model_dump())
+        train_config = make_train_config(settings)
+        make_config(variant.model, **train_config.model_overrides)
+        pipeline.check_fold_window(data_root.paths(), fold, train_config)
     except (TypeError, ValueError) as exc:
         # A bad setting fails the same way every time: no retry.
         raise dg.Failure(
-            description=f"{fold}/{model}: invalid training config: {exc}", allow_retries=False
+            description=f"{fold}/{name}: invalid training config: {exc}", allow_retries=False
         ) from exc
+    model, seeds = variant.model, int(settings["seeds"])
+    for key, (run_value, own) in replaced.items():
+        context.log.info(f"{name} sets {key}={own!r}: the run config's {run_value!r} is not used")
     resume = config.resume or context.retry_number > 0
     if resume:
         context.log.info(
-            f"resuming {fold}/{model} from its last checkpoint (retry {context.retry_number})"
+            f"resuming {fold}/{name} from its last checkpoint (retry {context.retry_number})"
         )
 
     def log_epoch(record: dict) -> None:
         context.log.info(
-            f"{fold}/{model} epoch {record['epoch']}: train_loss={record['train_loss']:.4f} "
+            f"{fold}/{name} epoch {record['epoch']}: train_loss={record['train_loss']:.4f} "
             f"val_macro_f1={record['val_macro_f1']:.4f} val_acc={record['val_accuracy']:.4f} "
             f"({record['seconds']:.1f}s)"
         )
@@ -143,10 +170,12 @@ def trained_model(
         model,
         train_config,
         tracker=mlflow.tracker(),
-        tags=_run_tags(context, fold, model, mlflow),
+        tags=_run_tags(context, fold, name, mlflow),
         resume=resume,
         on_epoch=log_epoch,
-        seeds=config.seeds,
+        seeds=seeds,
+        variant=name,
+        variant_settings=variant.settings(),
     )
     history_rows = [
         {k: r.get(k) for k in ("epoch", "train_loss", "val_loss", "val_macro_f1", "val_accuracy")}
@@ -154,6 +183,10 @@ def trained_model(
     ]
     return dg.MaterializeResult(
         metadata={
+            "variant": name,
+            "model": model,
+            "variant_settings": dg.MetadataValue.json(variant.settings()),
+            "replaced_run_config": dg.MetadataValue.json(replaced),
             "protocol_id": summary["protocol"]["id"],
             "protocol": summary["protocol"]["description"],
             "seeds": str(summary["seeds"]),
@@ -170,10 +203,11 @@ def trained_model(
             "mlflow_run_id": summary["mlflow_run_id"],
             "config": dg.MetadataValue.json(
                 {
+                    "variant": name,
                     "model": model,
                     "fold": fold,
                     "resume": resume,
-                    "seeds": config.seeds,
+                    "seeds": seeds,
                     **train_config.to_dict(),
                 }
             ),
@@ -216,22 +250,24 @@ def evaluation_bundle(
     """Test-set metrics of the best checkpoint: summary metrics, classification report,
     confusion matrix, ROC and PR curves, and a reliability diagram with expected calibration
     error before and after temperature scaling fitted on validation. Logged to the model's
-    MLflow run."""
+    MLflow run. Written to `data/evaluation/<fold>/<variant>/<protocol id>/seed-<seed>/`."""
     from ml_core import pipeline
 
-    fold, model = fold_and_model(context)
+    fold, name = fold_and_variant(context)
     result = pipeline.evaluate_fold_model(
         data_root.paths(),
         fold,
-        model,
+        name,
         tracker=mlflow.tracker(),
-        tags=_run_tags(context, fold, model, mlflow),
+        tags=_run_tags(context, fold, name, mlflow),
     )
     summary = result["summary"]
     for note in result["notes"]:
-        context.log.warning(f"{fold}/{model}: {note}")
+        context.log.warning(f"{fold}/{name}: {note}")
     return dg.MaterializeResult(
         metadata={
+            "variant": name,
+            "model": summary["model"],
             "protocol_id": result["protocol"]["id"],
             "protocol": result["protocol"]["description"],
             "seeds": str(result["seeds"]),
@@ -247,8 +283,8 @@ def evaluation_bundle(
             "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in result["notes"]) or "_none_"),
             "confusion_matrix": table(result["confusion_rows"]),
             **{
-                key: png_markdown(Path(result["folder"]) / name, title)
-                for key, name, title in _BUNDLE_PLOTS
+                key: png_markdown(Path(result["folder"]) / file, title)
+                for key, file, title in _BUNDLE_PLOTS
             },
             "folder": dg.MetadataValue.path(result["folder"]),
             "mlflow_run": dg.MetadataValue.url(result["mlflow_url"]),

@@ -1,17 +1,20 @@
-"""Variants from experiments.yaml as dynamic `variant` partitions, registered by a sensor.
+"""Variants as the `variant` partitions of fold x model: which variant a partition is, and the
+sensor that registers every variant of experiments.yaml (and the built-in ones).
 
 The sensor validates the whole file first (`ml_core.variants.load_variants`): on any problem it
-registers nothing and its tick shows every problem with file, line, variant and setting. The
-partitions are not yet the model dimension of fold x model (that stays the registered models).
+registers nothing and its tick shows every problem with file, line, variant and setting.
 """
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
-VARIANT_PARTITIONS = "variant"
-variant_partitions = dg.DynamicPartitionsDefinition(name=VARIANT_PARTITIONS)
+from orchestration.defs.partitions import VARIANT_PARTITIONS, variant_partitions
+
+if TYPE_CHECKING:
+    from ml_core.variants import Variant
 
 
 def variants_file() -> Path:
@@ -21,11 +24,36 @@ def variants_file() -> Path:
     return Path(os.environ.get("PAMAP_VARIANTS_FILE", VARIANTS_FILE))
 
 
+def find_variant(name: str) -> "Variant":
+    """The variant a partition names: a built-in one, else one of the variants file.
+
+    A built-in variant does not read the file, so a broken file stops only its own variants.
+    Raises ValueError naming the file when the variant is not there or the file is invalid.
+    """
+    from ml_core.variants import VariantError, builtin_variants, load_variants
+
+    for variant in builtin_variants():
+        if variant.name == name:
+            return variant
+    path = variants_file()
+    try:
+        variants = load_variants(path)
+    except VariantError as exc:
+        raise ValueError(f"variant {name!r}: {path} is invalid:\n{exc}") from None
+    for variant in variants:
+        if variant.name == name:
+            return variant
+    raise ValueError(
+        f"variant {name!r} is neither a registered model nor a variant of {path} "
+        "(renamed or removed since it was registered?)"
+    )
+
+
 @dg.sensor(
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Register every variant of experiments.yaml (and the built-in ones) as a "
-    "`variant` partition; an invalid file registers nothing.",
+    "`variant` partition of fold x model; an invalid file registers nothing.",
 )
 def variants_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
     from ml_core.variants import VariantError, load_variants

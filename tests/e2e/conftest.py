@@ -30,6 +30,7 @@ import pytest
 
 from ml_core.synthetic import write_dataset
 from orchestration.definitions import defs as load_defs
+from orchestration.defs.partitions import register_variants
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -136,10 +137,13 @@ def _definitions() -> dg.Definitions:
 def materialize(
     job_name: str,
     instance: dg.DagsterInstance,
-    partition_key: str | None = None,
+    partition_key: str | dg.MultiPartitionKey | None = None,
     run_config: Mapping[str, Any] | None = None,
 ) -> dg.ExecuteInProcessResult:
-    """Run one partition of a project job in process; fail with the step errors if it fails."""
+    """Run one partition of a project job in process; fail with the step errors if it fails.
+    A fold x variant partition is registered first."""
+    if isinstance(partition_key, dg.MultiPartitionKey):
+        register_variants(instance, [partition_key.keys_by_dimension["model"]])
     job = _definitions().resolve_job_def(job_name)
     result = job.execute_in_process(
         instance=instance,

@@ -25,8 +25,9 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from ml_core.columns import SUBJECTS
 from ml_core.folds import FOLD_NAMES
+from ml_core.models import model_names
 from ml_core.paths import DataPaths
-from orchestration.defs.partitions import fold_model_partitions
+from orchestration.defs.partitions import fold_model_partitions, register_variants
 from orchestration.staleness import observe_raw_files
 from tests.e2e.conftest import (
     REPO_ROOT,
@@ -102,6 +103,7 @@ def webserver(
     log_path = tmp_path / "webserver.log"
     with running_process(cmd, log_path) as proc, dg.DagsterInstance.get() as instance:
         # The webserver reads the instance live, so its slow start overlaps these runs.
+        register_variants(instance, model_names())
         observe_raw_files(instance, _definitions())
         for subject in ("101", "102"):
             materialize("ingest_job", instance, subject)
@@ -191,7 +193,7 @@ def test_ui_shows_the_graph_and_runs_a_partition_launched_from_it(
         for count in (
             len(SUBJECTS),
             len(FOLD_NAMES),
-            len(fold_model_partitions.get_partition_keys()),
+            len(fold_model_partitions.get_partition_keys(dynamic_partitions_store=instance)),
         ):
             expect(page.get_by_text(f"{count} partitions").first).to_be_visible()
         _snapshot(page, "dagster_ui_catalog", folders)

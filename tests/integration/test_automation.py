@@ -25,10 +25,11 @@ from ml_core.columns import SUBJECTS
 from ml_core.config import make_train_config
 from ml_core.folds import FOLD_NAMES
 from ml_core.io import load_torch
+from ml_core.models import model_names
 from ml_core.paths import DataPaths
 from ml_core.protocol import latest_dirs
 from orchestration.definitions import defs as load_defs
-from orchestration.defs.partitions import fold_model_partitions
+from orchestration.defs.partitions import register_variants
 from orchestration.staleness import observe_raw_files
 from tests.integration.conftest import execute
 
@@ -179,8 +180,10 @@ def test_a_failed_blocking_check_stops_the_flow(automated_root: DataPaths) -> No
     assert requested == {}
 
 
-def test_weekly_training_is_one_backfill_of_every_fold_and_model() -> None:
+def test_weekly_training_is_one_backfill_of_every_fold_and_variant() -> None:
     instance = dg.DagsterInstance.ephemeral()
+    variants = [*model_names(), "lstm_sweep-lr=0.002"]  # the built-in ones and a file's
+    register_variants(instance, variants)
     defs = load_defs()
     for asset in CHAIN[-1:]:
         _report_materialized(instance, asset, [str(s) for s in SUBJECTS])
@@ -201,7 +204,7 @@ def test_weekly_training_is_one_backfill_of_every_fold_and_model() -> None:
         evaluation_time=sunday,
         cursor=first.cursor,
     )
-    every = {str(k) for k in fold_model_partitions.get_partition_keys()}
+    every = {f"{fold}|{variant}" for fold in FOLD_NAMES for variant in variants}
     assert _requested(at_tick) == {asset: every for asset in TRAINING}
     later = dg.evaluate_automation_conditions(
         defs=defs,

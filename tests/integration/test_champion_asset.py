@@ -26,8 +26,9 @@ PROTOCOL = {"id": "p0000abcd", "class_set": "protocol12", "description": "a test
 FOLDS = ["holdout-106", *(f"loso-{s}" for s in range(101, 110))]
 
 
-def _entry(model: str, pooled: float, ece: float, folds: list[str]) -> dict:
+def _entry(model: str, pooled: float, ece: float, folds: list[str], variant: str = "") -> dict:
     return {
+        "variant": variant or model,
         "model": model,
         "seeds": [0],
         "folds": folds,
@@ -37,16 +38,20 @@ def _entry(model: str, pooled: float, ece: float, folds: list[str]) -> dict:
     }
 
 
-def _log_model(paths: DataPaths, tracker: MlflowTracker, model: str) -> None:
-    """A training run of `model` on holdout-106 with a logged (tiny) model, as training does."""
-    with tracker.run(f"holdout-106/{model}", {"model": model}) as run_id:
+def _log_model(
+    paths: DataPaths, tracker: MlflowTracker, variant: str, protocol_id: str = PROTOCOL["id"]
+) -> str:
+    """A training run of `variant` on holdout-106 with a logged (tiny) model, as training does;
+    returns the run id."""
+    with tracker.run(f"holdout-106/{variant}", {"variant": variant}) as run_id:
         mlflow.pytorch.log_model(
             torch.nn.Linear(3, 2), name="model", input_example=np.zeros((2, 3), np.float32)
         )
-    model_dir = paths.model_dir("holdout-106", model, PROTOCOL["id"], 0)
+    model_dir = paths.model_dir("holdout-106", variant, protocol_id, 0)
     write_json(
         {"run_id": run_id, "tracking_uri": tracker.tracking_uri}, model_dir / "mlflow_run.json"
     )
+    return run_id
 
 
 def _materialize(root: Path, uri: str) -> dict:
@@ -110,6 +115,44 @@ def test_candidates_need_a_leaderboard(tmp_path: Path) -> None:
         champion_candidates(DataPaths(tmp_path), MlflowTracker(f"sqlite:///{tmp_path / 'm.db'}"))
         == []
     )
+
+
+def test_the_champion_is_a_variant_with_its_own_model(tmp_path: Path) -> None:
+    """Variants of every protocol section of the main class set compete; the registered model
+    is the winning variant's own (its folder under its protocol), not its model's built-in."""
+    paths = DataPaths(tmp_path / "data")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker(uri)
+    longer = {"id": "p0000beef", "class_set": "protocol12", "description": "longer windows"}
+    eleven = {"id": "p0000cafe", "class_set": "protocol11", "description": "another task"}
+    for variant in ("feature_gbm", "temporal_cnn", "tcn_sweep-lr=0.001"):
+        _log_model(paths, tracker, variant)
+    winner = _log_model(paths, tracker, "tcn_long", longer["id"])
+    _log_model(paths, tracker, "tcn_eleven", eleven["id"])
+    board = {
+        "protocols": [
+            {
+                "protocol": PROTOCOL,
+                "rows": [
+                    _entry("temporal_cnn", 0.90, 0.05, FOLDS, "tcn_sweep-lr=0.001"),
+                    _entry("temporal_cnn", 0.88, 0.05, FOLDS),
+                    _entry("feature_gbm", 0.85, 0.04, FOLDS),
+                ],
+            },
+            {"protocol": longer, "rows": [_entry("temporal_cnn", 0.93, 0.05, FOLDS, "tcn_long")]},
+            # Best of all, but on another class set: not comparable with the baseline.
+            {"protocol": eleven, "rows": [_entry("temporal_cnn", 0.99, 0.01, FOLDS, "tcn_eleven")]},
+        ]
+    }
+    write_json(board, paths.reports / "leaderboard.json")
+
+    metadata = _materialize(paths.root, uri)
+    assert metadata["promoted"] and metadata["selected"] == "tcn_long"
+    assert "| tcn_sweep-lr=0.001 | temporal_cnn | p0000abcd |" in str(metadata["comparison"])
+    assert "tcn_eleven" not in str(metadata["comparison"])
+    version = MlflowClient(uri).get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
+    assert version.tags["variant"] == "tcn_long" and version.tags["model"] == "temporal_cnn"
+    assert version.tags["protocol_id"] == longer["id"] and version.run_id == winner
 
 
 def test_retrain_on_all_registers_a_model_trained_on_every_subject_but_validation(

@@ -23,7 +23,8 @@ def _training(**config: object) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("field", "bad"), [("loss", "focall"), ("device", "gpu"), ("class_set", "all20")]
+    ("field", "bad"),
+    [("loss", "focall"), ("device", "gpu"), ("class_set", "all20"), ("precision", "fp16")],
 )
 def test_a_bad_enumerated_value_is_rejected_before_the_run(field: str, bad: str) -> None:
     job = load_defs().resolve_job_def("training_job")
@@ -50,7 +51,9 @@ def test_model_settings_are_used_and_the_full_config_is_recorded(
 ) -> None:
     paths = DataPaths(copy_prepared())
     instance = dg.DagsterInstance.ephemeral()
-    run_config = _training(model_overrides={"max_iter": 7}, loss="focal")
+    run_config = _training(
+        model_overrides={"max_iter": 7}, loss="focal", augment={"enabled": False, "jitter_std": 0.1}
+    )
     assert execute("training_job", instance, KEY, run_config).success
     record = instance.get_latest_materialization_event(dg.AssetKey("trained_model"))
     assert record is not None and record.asset_materialization is not None
@@ -59,7 +62,9 @@ def test_model_settings_are_used_and_the_full_config_is_recorded(
     assert config["model_overrides"] == {"max_iter": 7}
     assert config["loss"] == "focal" and config["epochs"] == 1
     assert config["window"]["class_set"] == "protocol12"
+    assert config["augment"]["enabled"] is False and config["augment"]["jitter_std"] == 0.1
     best = record.asset_materialization.metadata["checkpoint"].value
     assert isinstance(best, str) and Path(best).is_relative_to(paths.root)
     checkpoint = load_torch(best)
     assert checkpoint["model_overrides"] == {"max_iter": 7}
+    assert checkpoint["train_config"]["augment"]["enabled"] is False

@@ -13,6 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ml_core.evaluate import BUNDLE_FILES
+from ml_core.io import load_torch
 from ml_core.paths import DataPaths
 from ml_core.protocol import latest_dirs
 from tests.integration.conftest import execute
@@ -22,6 +23,27 @@ MODELS = ("feature_gbm", "temporal_cnn")
 SHORT_TRAINING = {"ops": {"trained_model": {"config": {"epochs": 2, "warmup_steps": 5}}}}
 # feature_gbm's run links to a Dagster UI somewhere else than the default 127.0.0.1:3000.
 DAGSTER_URLS = {"feature_gbm": "http://dagster.internal:8080/", "temporal_cnn": None}
+# A file variant beside the built-in ones: a sweep over a model argument, epochs set again.
+VARIANTS_FILE = """variants:
+  gbm:
+    model: feature_gbm
+    epochs: 2
+    model_args:
+      max_iter: [3, 5]
+      max_leaf_nodes: 4
+"""
+VARIANT = "gbm-m.max_iter=3"
+VARIANT_RUN_CONFIG = {
+    "ops": {
+        "trained_model": {
+            "config": {
+                "epochs": 1,
+                "seed": 4,
+                "model_overrides": {"max_iter": 9, "learning_rate": 0.2},
+            }
+        }
+    }
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +53,19 @@ def trained(
     root = tmp_path_factory.mktemp("training") / "data"
     shutil.copytree(prepared_root, root)
     tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+    variants = root.parent / "experiments.yaml"
+    variants.write_text(VARIANTS_FILE)
     with pytest.MonkeyPatch.context() as env:
         env.setenv("PAMAP_DATA_ROOT", str(root))
         env.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+        env.setenv("PAMAP_VARIANTS_FILE", str(variants))
         instance = dg.DagsterInstance.ephemeral()
         for model in MODELS:
             key = dg.MultiPartitionKey({"fold": FOLD, "model": model})
             config = {"resources": {"mlflow": {"config": {"dagster_url": DAGSTER_URLS[model]}}}}
             assert execute("training_job", instance, key, SHORT_TRAINING | config).success, model
+        key = dg.MultiPartitionKey({"fold": FOLD, "model": VARIANT})
+        assert execute("training_job", instance, key, VARIANT_RUN_CONFIG).success
         assert execute("report_job", instance).success
         yield DataPaths(root), tracking_uri, instance
 
@@ -125,7 +152,7 @@ def test_dagster_and_mlflow_runs_link_to_each_other(
             match = re.search(r"/runs/([0-9a-f]+)", url)
             assert match is not None, url
             mlflow_run = client.get_run(match.group(1))
-            assert mlflow_run.data.tags["model"] == model
+            assert mlflow_run.data.tags["variant"] == model
             # MLflow -> Dagster: the run's tag is the Dagster run's page on the UI.
             dagster_run_id = record.run_id
             base = expected_base[model] or "http://127.0.0.1:3000"
@@ -139,7 +166,8 @@ def test_leaderboard_lists_every_trained_model(
     paths, _, _ = trained
     board = json.loads((paths.reports / "leaderboard.json").read_text())
     (section,) = board["protocols"]
-    assert sorted(row["model"] for row in section["rows"]) == sorted(MODELS)
+    models = {row["variant"]: row["model"] for row in section["rows"]}
+    assert models == {**{m: m for m in MODELS}, VARIANT: "feature_gbm"}
     markdown = (paths.reports / "leaderboard.md").read_text()
     assert "synthetic" in markdown and "holdout-106" in markdown
     assert section["protocol"]["description"] in markdown
@@ -190,5 +218,54 @@ def test_another_protocol_is_stored_beside_the_old_one(
     assert (old_bundle / "summary_metrics.json").read_bytes() == old_summary
     assert (old_dir / "best.pt").exists() and (new_dir / "best.pt").exists()
     board = json.loads((other.reports / "leaderboard.json").read_text())
-    ids = {s["protocol"]["id"]: [r["model"] for r in s["rows"]] for s in board["protocols"]}
-    assert ids == {old_dir.parent.name: sorted(MODELS), new_dir.parent.name: ["feature_gbm"]}
+    ids = {s["protocol"]["id"]: [r["variant"] for r in s["rows"]] for s in board["protocols"]}
+    assert ids == {
+        old_dir.parent.name: sorted([*MODELS, VARIANT]),
+        new_dir.parent.name: ["feature_gbm"],
+    }
+
+
+def _metadata(instance: dg.DagsterInstance, asset: str, key: dg.MultiPartitionKey) -> dict:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[str(key)]), limit=1
+    ).records
+    materialization = records[0].asset_materialization
+    assert materialization is not None
+    return {k: v.value for k, v in materialization.metadata.items()}
+
+
+def test_a_file_variant_trains_with_its_settings_into_its_own_folders(
+    trained: tuple[DataPaths, str, dg.DagsterInstance],
+) -> None:
+    paths, tracking_uri, instance = trained
+    key = dg.MultiPartitionKey({"fold": FOLD, "model": VARIANT})
+    # What the variant names wins; the rest (seed, learning rate) comes from the run config.
+    trained_metadata = _metadata(instance, "trained_model", key)
+    overrides = {"max_iter": 3, "max_leaf_nodes": 4, "learning_rate": 0.2}
+    config = trained_metadata["config"]
+    assert trained_metadata["variant"] == VARIANT and trained_metadata["model"] == "feature_gbm"
+    assert config["model_overrides"] == overrides
+    assert (config["epochs"], config["seed"]) == (2, 4)
+    assert trained_metadata["replaced_run_config"] == {"epochs": [1, 2], "m.max_iter": [9, 3]}
+    model_dir, bundle = latest_dirs(paths, FOLD, VARIANT)
+    assert model_dir.is_relative_to(paths.model_root(FOLD, VARIANT)) and model_dir.name == "seed-4"
+    assert load_torch(model_dir / "best.pt")["model_overrides"] == overrides
+    # The built-in feature_gbm's results are its own.
+    builtin = json.loads(
+        (latest_dirs(paths, FOLD, "feature_gbm")[1] / "summary_metrics.json").read_text()
+    )
+    assert builtin["variant"] == "feature_gbm" and builtin["seed"] == 0
+
+    assert Path(_metadata(instance, "evaluation_bundle", key)["folder"]) == bundle
+    summary = json.loads((bundle / "summary_metrics.json").read_text())
+    assert summary["variant"] == VARIANT and summary["model"] == "feature_gbm"
+    assert summary["variant_settings"] == {"epochs": 2, "m.max_iter": 3, "m.max_leaf_nodes": 4}
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("pamap2").experiment_id],  # type: ignore[union-attr]
+        filter_string=f"tags.variant = '{VARIANT}'",
+    )  # training and evaluation log to one run
+    assert run.data.params["variant"] == VARIANT and run.data.params["model"] == "feature_gbm"
+    assert json.loads(run.data.params["variant_settings"])["m.max_iter"] == 3
+    assert "test_macro_f1" in run.data.metrics

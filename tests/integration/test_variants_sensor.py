@@ -8,6 +8,7 @@ import dagster as dg
 import pytest
 
 from ml_core.models import model_names
+from orchestration.cli import main
 from orchestration.defs.variants import VARIANT_PARTITIONS, variants_sensor
 
 
@@ -54,3 +55,29 @@ def test_sensor_registers_new_variants_and_nothing_from_a_bad_file(
     assert isinstance(result, dg.SensorResult)
     (request,) = result.dynamic_partitions_requests or []
     assert list(request.partition_keys) == ["s-lr=0.1"]
+
+
+def test_cli_registers_the_files_variants_in_the_project_instance_or_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("PAMAP_DATA_ROOT", str(tmp_path / "data"))  # main() sets it; restored
+    file = tmp_path / "experiments.yaml"
+    file.write_text(
+        "variants:\n  s:\n    model: lstm\n    lr: [0.01, 0.001]\n"
+        "  bad:\n    model: lstm\n    model_args:\n      hiden: 3\n"
+    )
+    assert main(["variants", "--file", str(file), "--register"]) == 1
+    assert "variant 'bad', setting 'model_args.hiden'" in capsys.readouterr().err
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_dynamic_partitions(VARIANT_PARTITIONS) == []
+
+    file.write_text("variants:\n  s:\n    model: lstm\n    lr: [0.01, 0.001]\n")
+    assert main(["variants", "--file", str(file), "--register"]) == 0
+    with dg.DagsterInstance.get() as instance:
+        registered = instance.get_dynamic_partitions(VARIANT_PARTITIONS)
+    assert sorted(registered) == sorted([*model_names(), "s-lr=0.01", "s-lr=0.001"])
+    assert main(["variants", "--file", str(file), "--register"]) == 0  # again: nothing new
+    assert "registered 0 new variant partition(s)" in capsys.readouterr().out
