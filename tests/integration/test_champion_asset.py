@@ -148,8 +148,10 @@ def test_the_champion_is_a_variant_with_its_own_model(tmp_path: Path) -> None:
 
     metadata = _materialize(paths.root, uri)
     assert metadata["promoted"] and metadata["selected"] == "tcn_long"
-    assert "| tcn_sweep-lr=0.001 | temporal_cnn | p0000abcd |" in str(metadata["comparison"])
-    assert "tcn_eleven" not in str(metadata["comparison"])
+    rows = {r.data["variant"]: r.data for r in metadata["comparison"].records}
+    assert rows["tcn_sweep-lr=0.001"]["model"] == "temporal_cnn"
+    assert rows["tcn_sweep-lr=0.001"]["protocol"] == "p0000abcd"
+    assert "tcn_eleven" not in rows
     version = MlflowClient(uri).get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
     assert version.tags["variant"] == "tcn_long" and version.tags["model"] == "temporal_cnn"
     assert version.tags["protocol_id"] == longer["id"] and version.run_id == winner
