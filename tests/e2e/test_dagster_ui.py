@@ -40,6 +40,7 @@ from tests.e2e.conftest import (
     venv_program,
     wait_for_http,
 )
+from tests.raw_edits import edit_labelled_row
 
 pytestmark = pytest.mark.browser
 
@@ -148,20 +149,6 @@ def _dump_on_failure(page: Page, folders: tuple[Path, ...]) -> Iterator[None]:
         raise
 
 
-def _edit_labelled_row(dat: Path, field: int, change: float) -> None:
-    """Add `change` to one field of a labelled row (activity 0 is dropped) with no NaN in it."""
-    lines = dat.read_text().splitlines(keepends=True)
-    row = next(
-        i
-        for i in range(len(lines) // 2, len(lines))
-        if lines[i].split(" ")[1] != "0" and lines[i].split(" ")[field] != "NaN"
-    )
-    fields = lines[row].split(" ")
-    fields[field] = f"{float(fields[field]) + change:.5f}"
-    lines[row] = " ".join(fields)
-    dat.write_text("".join(lines))
-
-
 def _wait_for_ui_run(instance: dg.DagsterInstance, partition: str) -> dg.DagsterRun:
     """The run the UI launched for `partition`, once it has finished."""
     deadline = time.monotonic() + RUN_TIMEOUT_S
@@ -237,8 +224,8 @@ def test_ui_shows_the_graph_and_runs_a_partition_launched_from_it(
         # What the README shows (docs/): subject 101's raw file changes, so its partition turns
         # stale and says why; subject 102's file fails the schema check, for that subject only.
         paths = DataPaths(data_root)
-        _edit_labelled_row(paths.dat_file("protocol", 101), field=4, change=0.5)
-        _edit_labelled_row(paths.dat_file("protocol", 102), field=3, change=1000.0)
+        edit_labelled_row(paths.dat_file("protocol", 101), field=4, change=0.5)
+        edit_labelled_row(paths.dat_file("protocol", 102), field=3, change=1000.0)
         observe_raw_files(instance, _definitions())
         failed = (
             _definitions()

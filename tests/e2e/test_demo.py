@@ -13,6 +13,7 @@ import pytest
 from ml_core.paths import PROJECT_ROOT, DataPaths
 from ml_core.protocol import latest_dirs
 from tests.e2e.conftest import venv_program
+from tests.raw_edits import edit_labelled_row
 
 ARGS = ["--scale", "tiny", "--models", "feature_gbm", "--folds", "holdout-106", "loso-109"]
 
@@ -60,13 +61,7 @@ def test_demo_builds_everything_then_redoes_only_what_changed(tmp_path: Path) ->
     assert second.count("up to date") == 4 and ": 0 runs," in second
 
     # New content in one file: Dagster reports that subject stale, then the folds built from it.
-    changed = paths.dat_file("protocol", 103)
-    lines = changed.read_text().splitlines(keepends=True)
-    row = next(i for i in range(len(lines) // 2, len(lines)) if lines[i].split(" ")[1] != "0")
-    fields = lines[row].split(" ")
-    fields[4] = f"{float(fields[4]) + 0.5:.5f}" if fields[4] != "NaN" else "1.0"
-    lines[row] = " ".join(fields)
-    changed.write_text("".join(lines))
+    edit_labelled_row(paths.dat_file("protocol", 103), field=4, change=0.5)
     third = _demo(env, data_root)
     assert "subject 103" in third and "subject 104" not in third
     assert "holdout-106 x feature_gbm" in third and "leaderboard" in third

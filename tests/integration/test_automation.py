@@ -32,6 +32,7 @@ from orchestration.definitions import defs as load_defs
 from orchestration.defs.partitions import register_variants
 from orchestration.staleness import observe_raw_files
 from tests.integration.conftest import execute
+from tests.raw_edits import edit_labelled_row
 
 CHAIN = ("raw_recording", "validated_recording", "imputed_recording", "activity_shards")
 FOLD_ASSETS = ("fold_manifests", "feature_stats")
@@ -91,20 +92,6 @@ def automated_root(
     return DataPaths(root)
 
 
-def _edit_labelled_row(dat: Path, field: int, change: float) -> None:
-    """Add `change` to one field of a labelled row (activity 0 is dropped) with no NaN in it."""
-    lines = dat.read_text().splitlines(keepends=True)
-    row = next(
-        i
-        for i in range(len(lines) // 2, len(lines))
-        if lines[i].split(" ")[1] != "0" and lines[i].split(" ")[field] != "NaN"
-    )
-    fields = lines[row].split(" ")
-    fields[field] = f"{float(fields[field]) + change:.5f}"
-    lines[row] = " ".join(fields)
-    dat.write_text("".join(lines))
-
-
 def _everything_current(instance: dg.DagsterInstance, skip: tuple[str, str] | None = None) -> Any:
     """Raw files observed, every subject and fold materialized (but `skip`: an asset and
     subject); the first tick requests nothing."""
@@ -131,7 +118,7 @@ def test_a_changed_raw_file_flows_through_its_subject_to_every_fold(
     assert requested == {}
 
     # Subject 103's file changes: exactly its chain is requested, in one tick.
-    _edit_labelled_row(automated_root.dat_file("protocol", 103), field=4, change=0.5)
+    edit_labelled_row(automated_root.dat_file("protocol", 103), field=4, change=0.5)
     observe_raw_files(instance, load_defs())
     requested, cursor = _data_tick(instance, cursor)
     assert requested == {asset: {"103"} for asset in CHAIN}
@@ -152,7 +139,7 @@ def test_a_failed_blocking_check_stops_the_flow(automated_root: DataPaths) -> No
     cursor = _everything_current(instance, skip=("validated_recording", "104"))
 
     # A hand temperature of about 1000 C: the file changed, and its schema check will fail.
-    _edit_labelled_row(automated_root.dat_file("protocol", 103), field=3, change=1000.0)
+    edit_labelled_row(automated_root.dat_file("protocol", 103), field=3, change=1000.0)
     observe_raw_files(instance, load_defs())
     requested, cursor = _data_tick(instance, cursor)
     assert requested == {asset: {"103"} for asset in CHAIN}

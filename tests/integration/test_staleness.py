@@ -15,6 +15,7 @@ from ml_core.paths import DataPaths
 from orchestration.definitions import defs as load_defs
 from orchestration.staleness import Staleness, observe_raw_files
 from tests.integration.conftest import execute
+from tests.raw_edits import edit_labelled_row
 
 FOLDS = ("holdout-106", "loso-101")
 MODEL = "feature_gbm"
@@ -69,7 +70,7 @@ def test_staleness_follows_content_changes_through_the_graph(
         assert _not_fresh(instance) == set()
 
         # A changed file: exactly its subject, then every fold, its statistics and its models.
-        _nudge_one_value(paths.dat_file("protocol", 103))
+        edit_labelled_row(paths.dat_file("protocol", 103), field=4, change=0.5)
         observe_raw_files(instance, load_defs())
         assert _not_fresh(instance) == {"raw_recording[103]"}
         causes = Staleness(instance, load_defs()).causes("raw_recording", "103")
@@ -83,17 +84,3 @@ def test_staleness_follows_content_changes_through_the_graph(
                 for fold in FOLDS
             ),
         }
-
-
-def _nudge_one_value(dat: Path) -> None:
-    """Change one hand acceleration of a labelled row (activity 0 is dropped), still valid."""
-    lines = dat.read_text().splitlines(keepends=True)
-    row = next(
-        i
-        for i in range(len(lines) // 2, len(lines))
-        if lines[i].split(" ")[1] != "0" and lines[i].split(" ")[4] != "NaN"
-    )
-    fields = lines[row].split(" ")
-    fields[4] = f"{float(fields[4]) + 0.5:.5f}"
-    lines[row] = " ".join(fields)
-    dat.write_text("".join(lines))
