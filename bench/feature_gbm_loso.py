@@ -9,7 +9,7 @@ pooled test labels. The per-fold macro F1 (over each fold's test classes) is pri
     uv run python bench/feature_gbm_loso.py             # demo scale, seed 0, temporary folder
     uv run python bench/feature_gbm_loso.py --out DIR   # keep DIR; a rerun reuses its .dat files
 
-The protocol is whatever this checkout's `ml_core.folds` builds for `loso-<id>` (its validation
+The protocol is whatever this checkout's `ml_core.data.folds` builds for `loso-<id>` (its validation
 split decides nothing here: the baseline fits once, without early stopping).
 """
 
@@ -25,15 +25,15 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import f1_score
 
-from ml_core import data_pipeline
-from ml_core.columns import SUBJECTS
-from ml_core.config import TrainConfig
-from ml_core.folds import FOLD_NAMES
+from ml_core.data import pipeline as data_pipeline
+from ml_core.data.columns import SUBJECTS
+from ml_core.data.folds import FOLD_NAMES
+from ml_core.data.stats import load_feature_stats
+from ml_core.data.synthetic import SCALES, write_dataset
+from ml_core.data.windows import WindowData
 from ml_core.paths import DataPaths
-from ml_core.stats import load_feature_stats
-from ml_core.synthetic import SCALES, write_dataset
-from ml_core.train import load_trained_model, predict_proba, train_model
-from ml_core.windows import WindowData
+from ml_core.training.config import TrainConfig
+from ml_core.training.train import load_trained_model, predict_proba, train_model
 
 LOSO_FOLDS = [f for f in FOLD_NAMES if f.startswith("loso-")]
 

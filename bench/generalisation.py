@@ -1,7 +1,7 @@
 """Generalisation to new people: every model's pooled LOSO macro F1, trained via `ml_core` directly.
 
 For each model and each LOSO fold (test on one subject, train and validate on the others, as the
-fold's manifests say) it trains with `ml_core.train.train_model` at the project's default
+fold's manifests say) it trains with `ml_core.training.train.train_model` at the project's default
 `TrainConfig` (the same settings `pamap demo` uses), predicts the fold's test windows with the
 best checkpoint, and keeps the predictions. Pooled LOSO macro F1 = scikit-learn's macro F1 over
 all the folds' test predictions concatenated; the per-fold mean (109 apart, as the leaderboard
@@ -27,17 +27,17 @@ import numpy as np
 import torch
 from sklearn.metrics import f1_score
 
-from ml_core import data_pipeline as pipeline
-from ml_core.columns import SUBJECTS
-from ml_core.folds import SPLITS
+from ml_core.data import pipeline
+from ml_core.data.columns import SUBJECTS
+from ml_core.data.folds import SPLITS
+from ml_core.data.shards import INDEX_NAME
+from ml_core.data.stats import load_feature_stats
+from ml_core.data.synthetic import SCALES, write_dataset
+from ml_core.data.windows import WindowData
 from ml_core.io import write_json
 from ml_core.models import model_names
 from ml_core.paths import DataPaths
-from ml_core.shards import INDEX_NAME
-from ml_core.stats import load_feature_stats
-from ml_core.synthetic import SCALES, write_dataset
-from ml_core.train import TrainConfig, load_trained_model, predict_proba, train_model
-from ml_core.windows import WindowData
+from ml_core.training.train import TrainConfig, load_trained_model, predict_proba, train_model
 
 LOSO_FOLDS = [f"loso-{s}" for s in SUBJECTS]
 SEED = 0

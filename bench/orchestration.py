@@ -29,8 +29,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from ml_core.data.synthetic import write_dataset
 from ml_core.paths import PROJECT_ROOT
-from ml_core.synthetic import write_dataset
 
 INGEST = "raw_recording,validated_recording,imputed_recording,activity_shards"
 FOLDS = ("holdout-106", "loso-101")

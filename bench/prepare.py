@@ -1,6 +1,6 @@
 """Benchmark data preparation: raw `.dat` files to shards, fold manifests and feature statistics.
 
-Times the project's own step functions (`ml_core.data_pipeline`, exactly what the Dagster assets
+Times the project's own step functions (`ml_core.data.pipeline`, exactly what the Dagster assets
 call) against a plain pandas implementation of the same steps, on the synthetic PAMAP2 set.
 Each implementation runs in its own subprocess, so its wall time and peak memory are its own.
 
@@ -25,10 +25,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ml_core.columns import SUBJECTS
+from ml_core.data.columns import SUBJECTS
+from ml_core.data.synthetic import SCALES, write_dataset
 from ml_core.io import write_json
 from ml_core.paths import DataPaths
-from ml_core.synthetic import SCALES, write_dataset
 
 SEED = 0
 WINDOW = 256  # the fold_manifests asset's default window
@@ -36,7 +36,7 @@ IMPLEMENTATIONS: dict[str, str] = {"ours": "ml_core (polars)", "pandas": "plain 
 STAGES: tuple[str, ...] = ("ingest", "validate", "impute", "shard", "folds", "stats")
 DATASET_MARKER = "bench_dataset.json"
 REPORT_NAME = "bench_report.json"
-SHARD_MAX_BYTES = 20_000_000  # as ml_core.shards: every parquet shard file under 20 MB
+SHARD_MAX_BYTES = 20_000_000  # as ml_core.data.shards: every parquet shard file under 20 MB
 
 # Targets for the full set on the project's 2-core machine.
 TARGET_WALL_S = 30.0
@@ -83,8 +83,8 @@ def _peak_rss_mb() -> float:
 def run_ours(paths: DataPaths) -> tuple[int, _Timer]:
     """The asset steps in graph order: per subject ingest, validate, impute, shard; then per
     fold the manifests, then per fold the train-only statistics."""
-    from ml_core import data_pipeline as pipeline
-    from ml_core.folds import FOLD_NAMES
+    from ml_core.data import pipeline
+    from ml_core.data.folds import FOLD_NAMES
 
     timer = _Timer()  # after the imports: a running code location has them loaded
     rows = 0
@@ -120,7 +120,7 @@ def run_pandas(paths: DataPaths) -> tuple[int, _Timer]:
     import pandas as pd
     import torch
 
-    from ml_core.columns import (
+    from ml_core.data.columns import (
         ACTIVITY,
         ACTIVITY_NAMES,
         DAT_COLUMNS,
@@ -134,16 +134,16 @@ def run_pandas(paths: DataPaths) -> tuple[int, _Timer]:
         TIMESTAMP,
         imu_columns,
     )
-    from ml_core.folds import (
+    from ml_core.data.folds import (
         FOLD_NAMES,
         SPLITS,
         STRATIFIED_FRACTIONS,
         test_subject,
         validation_subject,
     )
-    from ml_core.impute import MAX_STEP_S
+    from ml_core.data.impute import MAX_STEP_S
+    from ml_core.data.schema import HEART_RATE_RANGE, IMU_FIELD_RANGES
     from ml_core.io import atomic_path, load_torch, save_torch, write_text
-    from ml_core.schema import HEART_RATE_RANGE, IMU_FIELD_RANGES
 
     dtypes = {c: "float32" for c in DAT_COLUMNS} | {TIMESTAMP: "float64", ACTIVITY: "int16"}
     imu_cols = [c for imu in IMUS for c in imu_columns(imu)]
@@ -389,7 +389,7 @@ def _launch(implementation: str, root: Path) -> dict[str, Any]:
 
 def _compare(root: Path) -> str:
     """Both implementations' shards, manifests and statistics side by side: the same work."""
-    from ml_core.folds import FOLD_NAMES, SPLITS
+    from ml_core.data.folds import FOLD_NAMES, SPLITS
 
     def shard_rows(impl: str) -> dict[tuple[int, int], int]:
         paths = DataPaths(root / impl)

@@ -2,7 +2,8 @@
 
 For every registered model at its default config: training windows/s end to end (building the
 batch, then augmentation, forward, backward, gradient clipping and the AdamW step, as
-`ml_core.train` runs them, with no host synchronisation per step), inference windows/s (eval
+`ml_core.training.train` runs them, with no host synchronisation per step), inference windows/s
+(eval
 mode, no grad, batches of 256) and the share of the step time spent building batches. Ours
 gathers each batch from `WindowData` in one indexing op. The baseline is what a typical PyTorch
 project writes: a `Dataset` whose `__getitem__` slices one window from its shard tensor,
@@ -16,7 +17,8 @@ normalises it and builds the per-modality inputs and masks, and a
     uv run python bench/train.py --device cpu cuda       # the same table on the GPU as well
     uv run python bench/train.py --device cuda --precision bf16 --compile
 
-On CUDA the fold's windows are moved to the GPU first (as `ml_core.train` does when they fit),
+On CUDA the fold's windows are moved to the GPU first (as `ml_core.training.train` does when they
+fit),
 so batches are gathered there; the baseline's DataLoader batches are copied from pinned memory.
 """
 
@@ -40,19 +42,19 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from ml_core.augment import Augmenter
-from ml_core.columns import MODEL_CHANNELS, SUBJECTS
-from ml_core.config import PRECISIONS
-from ml_core.folds import FOLD_NAMES, SPLITS, read_manifest
+from ml_core.data.columns import MODEL_CHANNELS, SUBJECTS
+from ml_core.data.folds import FOLD_NAMES, SPLITS, read_manifest
+from ml_core.data.shards import INDEX_NAME
+from ml_core.data.stats import load_feature_stats
+from ml_core.data.synthetic import SCALES, write_dataset
+from ml_core.data.windows import MODALITY_SLICES, Batch, WindowConfig, WindowData
 from ml_core.io import load_torch
-from ml_core.losses import build_loss
 from ml_core.models import create_model, get_spec, model_names
 from ml_core.paths import DataPaths
-from ml_core.shards import INDEX_NAME
-from ml_core.stats import load_feature_stats
-from ml_core.synthetic import SCALES, write_dataset
-from ml_core.train import TrainConfig, TrainingDivergedError
-from ml_core.windows import MODALITY_SLICES, Batch, WindowConfig, WindowData
+from ml_core.training.augment import Augmenter
+from ml_core.training.config import PRECISIONS
+from ml_core.training.losses import build_loss
+from ml_core.training.train import TrainConfig, TrainingDivergedError
 
 SEED = 0
 DEFAULT_MODEL = "temporal_cnn"  # the model `pamap demo` trains beside feature_gbm
@@ -79,13 +81,13 @@ def prepare(root: Path, scale: str, fold: str) -> str:
         )
         return f"reusing fold {fold} prepared in {root} ({kind})"
 
-    from ml_core import data_pipeline as pipeline
+    from ml_core.data import pipeline
 
     started = time.perf_counter()
     if not paths.dataset.is_dir():
         print(f"writing the {scale} synthetic data set to {paths.raw} ...", flush=True)
         write_dataset(paths.raw, scale=scale, seed=SEED)
-    print(f"preparing fold {fold} with ml_core.data_pipeline ...", flush=True)
+    print(f"preparing fold {fold} with ml_core.data.pipeline ...", flush=True)
     for subject in SUBJECTS:
         if (paths.tensor_shard_dir(subject) / INDEX_NAME).is_file():
             continue  # sharded by an earlier run or the assets
@@ -223,7 +225,7 @@ def time_batches(
 
 
 def our_batches(data: WindowData, batch_size: int, train: bool) -> Iterator[Batch]:
-    """Endless batches as `ml_core.train` draws them: for training a fresh permutation per
+    """Endless batches as `ml_core.training.train` draws them: for training a fresh permutation per
     epoch with the short last batch dropped, for inference `iter_batches` in order."""
     for epoch in count():
         if train:
@@ -253,7 +255,8 @@ def loader_batches(dataset: PerWindowDataset, batch_size: int, train: bool) -> I
 
 
 class TorchRun:
-    """One model with its optimizer, loss and augmenter as `ml_core.train` builds them, and its
+    """One model with its optimizer, loss and augmenter as `ml_core.training.train` builds them,
+    and its
     steps."""
 
     def __init__(
@@ -357,7 +360,7 @@ def bench_torch(
 
 
 def bench_gbm(train: WindowData, val: WindowData, cfg: TrainConfig) -> Row:
-    """feature_gbm as `ml_core.train` fits it: window statistics batch by batch over every
+    """feature_gbm as `ml_core.training.train` fits it: window statistics batch by batch over every
     train window, one tree fit on them all; then predict on val batches."""
     model = create_model("feature_gbm", train.n_classes, train.modality_channels)
     fit = Timing()
@@ -493,7 +496,7 @@ def run_device(
     check_same_windows(train, base_train)
     check_same_windows(val, base_val)
     class_counts = train.class_counts()
-    if device.type == "cuda":  # as ml_core.train does when a fold fits on the GPU
+    if device.type == "cuda":  # as ml_core.training.train does when a fold fits on the GPU
         train, val = train.to(device), val.to(device)
     print(
         f"\ndevice {_device_name(device)}, fold {fold}: {len(train):,} train and {len(val):,} "

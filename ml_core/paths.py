@@ -30,7 +30,7 @@ class DataPaths:
 
     @property
     def synthetic_marker(self) -> Path:
-        """Present when the data set was written by `ml_core.synthetic`, not recorded."""
+        """Present when the data set was written by `ml_core.data.synthetic`, not recorded."""
         return self.dataset / "SYNTHETIC.json"
 
     def dat_file(self, session: str, subject: int) -> Path:
@@ -62,8 +62,9 @@ class DataPaths:
         return self.fold_dir(fold) / "feature_stats.json"
 
     # --- per fold x variant x protocol x seed -------------------------------------------
-    # A variant (ml_core.variants; a built-in one is named after its model), a protocol id
-    # (ml_core.protocol) and a seed in every path: a run of another variant or under other
+    # A variant (ml_core.training.variants; a built-in one is named after its model), a protocol id
+    # (ml_core.evaluation.protocol) and a seed in every path: a run of another variant or under
+    # other
     # settings is stored beside earlier results, never over them.
     def model_root(self, fold: str, variant: str) -> Path:
         """Every protocol's trainings of `variant` on `fold` (and `latest.json`)."""

@@ -1,5 +1,5 @@
 """The train, evaluate and report stages, one function each: read inputs, call the step,
-write outputs, return a report. The data stages (ingest, prepare) are in `ml_core.data_pipeline`,
+write outputs, return a report. The data stages (ingest, prepare) are in `ml_core.data.pipeline`,
 which imports none of torch, scikit-learn and MLflow that these need.
 
 The Dagster assets are thin wrappers over these; a notebook or script can call them directly.
@@ -20,19 +20,27 @@ import numpy as np
 import polars as pl
 import torch
 
-from ml_core import folds as fold_lib
-from ml_core.columns import ACTIVITY_NAMES, MODEL_CHANNELS
-from ml_core.config import TrainConfig
-from ml_core.evaluate import check_bundle_complete, read_predictions, write_evaluation_bundle
+from ml_core.data import folds as fold_lib
+from ml_core.data.columns import ACTIVITY_NAMES, MODEL_CHANNELS
+from ml_core.data.stats import load_feature_stats
+from ml_core.data.windows import WindowData
+from ml_core.evaluation.evaluate import (
+    check_bundle_complete,
+    read_predictions,
+    write_evaluation_bundle,
+)
+from ml_core.evaluation.leaderboard import Result, build_leaderboard, write_leaderboard
+from ml_core.evaluation.protocol import (
+    EvaluationProtocol,
+    read_latest_training,
+    write_latest_training,
+)
 from ml_core.io import write_json
-from ml_core.leaderboard import Result, build_leaderboard, write_leaderboard
+from ml_core.lifecycle.serving import SensorWindowClassifier
+from ml_core.lifecycle.tracking import MlflowTracker, fold_datasets
 from ml_core.paths import DataPaths
-from ml_core.protocol import EvaluationProtocol, read_latest_training, write_latest_training
-from ml_core.serving import SensorWindowClassifier
-from ml_core.stats import load_feature_stats
-from ml_core.tracking import MlflowTracker, fold_datasets
-from ml_core.train import TrainResult, load_trained_model, predict_proba, train_model
-from ml_core.windows import WindowData
+from ml_core.training.config import TrainConfig
+from ml_core.training.train import TrainResult, load_trained_model, predict_proba, train_model
 
 
 def _run_record(model_dir: Path) -> Path:
@@ -447,7 +455,7 @@ def retrain_on_all_subjects(
     like any training, as `variant` (default: the model's built-in variant) with the settings
     recorded for it; the summary adds `model_id`, the logged model to register. Its estimate
     of performance stays the LOSO one: the deployment fold has no test person."""
-    from ml_core.data_pipeline import build_fold_manifests, fold_feature_stats
+    from ml_core.data.pipeline import build_fold_manifests, fold_feature_stats
     from ml_core.io import load_torch
 
     best = Path(source_dir) / "best.pt"
@@ -489,7 +497,7 @@ def champion_candidates(
     fitted); the model offered for registration is the variant's model trained on
     `source_fold` (first seed) under the entry's protocol, as logged to MLflow.
     """
-    from ml_core.champion import LeaderboardRow
+    from ml_core.lifecycle.champion import LeaderboardRow
 
     board_path = paths.reports / "leaderboard.json"
     if not board_path.exists():
@@ -543,7 +551,12 @@ def choose_champion(
     the one trained on `source_fold`; nothing is retrained when nothing would be promoted."""
     import mlflow
 
-    from ml_core.champion import beats_current, current_champion, promote_champion, select_champion
+    from ml_core.lifecycle.champion import (
+        beats_current,
+        current_champion,
+        promote_champion,
+        select_champion,
+    )
 
     rows = champion_candidates(paths, tracker, source_fold)
     selection = select_champion(rows, gates)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ml_core.folds import FOLD_NAMES
+from ml_core.data.folds import FOLD_NAMES
 from ml_core.models import model_names
 from ml_core.paths import PROJECT_ROOT, DataPaths, default_data_root
 
@@ -90,7 +90,7 @@ def where_to_look(paths: DataPaths, dagster_home: str) -> str:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from ml_core.synthetic import write_dataset
+    from ml_core.data.synthetic import write_dataset
 
     paths = DataPaths(Path(args.data_root).resolve())
     print(f"writing {args.scale} synthetic PAMAP2 data (seed {args.seed}) to {paths.dataset}")
@@ -143,7 +143,7 @@ def _ui(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from ml_core.fetch import PAMAP2_URL, fetch_pamap2
+    from ml_core.data.fetch import PAMAP2_URL, fetch_pamap2
 
     paths = DataPaths(Path(args.data_root).resolve())
     report = fetch_pamap2(paths.raw, url=args.url or PAMAP2_URL)
@@ -152,7 +152,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _variants(args: argparse.Namespace) -> int:
-    from ml_core.variants import VariantError, load_variants
+    from ml_core.training.variants import VariantError, load_variants
 
     try:
         variants = load_variants(args.file)

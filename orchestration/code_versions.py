@@ -22,54 +22,62 @@ from ml_core.paths import PROJECT_ROOT
 
 RECORD = Path(__file__).with_name("code_versions.json")
 
-_DATA = "ml_core/data_pipeline.py"
+_DATA = "ml_core/data/pipeline.py"
 _TRAIN = "ml_core/pipeline.py"
 
 # The code each asset runs: a file, a folder of modules, or `file:function` for one top-level
 # function of a module shared by several assets.
 SOURCES: dict[str, tuple[str, ...]] = {
-    "raw_recording": (f"{_DATA}:ingest_subject", "ml_core/ingest.py", "ml_core/columns.py"),
-    "validated_recording": (f"{_DATA}:validate_subject", "ml_core/schema.py"),
-    "imputed_recording": (f"{_DATA}:impute_subject", "ml_core/impute.py"),
-    "activity_shards": (f"{_DATA}:shard_subject", "ml_core/shards.py"),
-    "fold_manifests": (f"{_DATA}:build_fold_manifests", "ml_core/folds.py"),
-    "feature_stats": (f"{_DATA}:fold_feature_stats", "ml_core/stats.py"),
+    "raw_recording": (
+        f"{_DATA}:ingest_subject",
+        "ml_core/data/ingest.py",
+        "ml_core/data/columns.py",
+    ),
+    "validated_recording": (f"{_DATA}:validate_subject", "ml_core/data/schema.py"),
+    "imputed_recording": (f"{_DATA}:impute_subject", "ml_core/data/impute.py"),
+    "activity_shards": (f"{_DATA}:shard_subject", "ml_core/data/shards.py"),
+    "fold_manifests": (f"{_DATA}:build_fold_manifests", "ml_core/data/folds.py"),
+    "feature_stats": (f"{_DATA}:fold_feature_stats", "ml_core/data/stats.py"),
     "trained_model": (
         f"{_TRAIN}:train_fold_model",
         f"{_TRAIN}:_train_one_seed",
         f"{_TRAIN}:check_fold_window",
         f"{_TRAIN}:fold_split_gap",
-        "ml_core/variants.py",
+        "ml_core/training/variants.py",
         f"{_TRAIN}:_log_serving_model",
-        "ml_core/train.py",
-        "ml_core/config.py",
-        "ml_core/protocol.py",
-        "ml_core/losses.py",
-        "ml_core/windows.py",
-        "ml_core/serving.py",
-        "ml_core/augment.py",
-        "ml_core/tracking.py",
+        "ml_core/training/train.py",
+        "ml_core/training/config.py",
+        "ml_core/evaluation/protocol.py",
+        "ml_core/training/losses.py",
+        "ml_core/data/windows.py",
+        "ml_core/lifecycle/serving.py",
+        "ml_core/training/augment.py",
+        "ml_core/lifecycle/tracking.py",
         "ml_core/models",
     ),
     "evaluation_bundle": (
         f"{_TRAIN}:evaluate_fold_model",
         f"{_TRAIN}:_evaluate_one_seed",
         f"{_TRAIN}:check_fold_window",
-        "ml_core/evaluate.py",
-        "ml_core/calibration.py",
+        "ml_core/evaluation/evaluate.py",
+        "ml_core/evaluation/calibration.py",
     ),
     "leaderboard": (
         f"{_TRAIN}:collect_results",
         f"{_TRAIN}:build_report",
-        "ml_core/leaderboard.py",
+        "ml_core/evaluation/leaderboard.py",
     ),
-    "activity_timeline": ("ml_core/timeline.py", "ml_core/serving.py"),
-    "inbox_timeline": ("ml_core/timeline.py", "ml_core/serving.py", "ml_core/ingest.py"),
+    "activity_timeline": ("ml_core/lifecycle/timeline.py", "ml_core/lifecycle/serving.py"),
+    "inbox_timeline": (
+        "ml_core/lifecycle/timeline.py",
+        "ml_core/lifecycle/serving.py",
+        "ml_core/data/ingest.py",
+    ),
     "champion_model": (
         f"{_TRAIN}:champion_candidates",
         f"{_TRAIN}:choose_champion",
         f"{_TRAIN}:retrain_on_all_subjects",
-        "ml_core/champion.py",
+        "ml_core/lifecycle/champion.py",
     ),
 }
 

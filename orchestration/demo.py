@@ -20,12 +20,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from ml_core.columns import SUBJECTS
-from ml_core.folds import FOLD_NAMES
+from ml_core.data.columns import SUBJECTS
+from ml_core.data.folds import FOLD_NAMES
+from ml_core.evaluation.protocol import EvaluationProtocol, read_latest_training
 from ml_core.models import model_names
 from ml_core.paths import DataPaths
-from ml_core.protocol import EvaluationProtocol, read_latest_training
-from ml_core.train import TrainConfig
+from ml_core.training.train import TrainConfig
 from orchestration.staleness import PartitionKey, Staleness, observe_raw_files
 
 DEFAULT_DEMO_MODELS: list[str] = ["feature_gbm", "temporal_cnn"]
@@ -171,7 +171,7 @@ def run_demo(
     force: bool = False,
     class_set: str | None = None,
 ) -> int:
-    from ml_core.synthetic import write_dataset
+    from ml_core.data.synthetic import write_dataset
     from orchestration.cli import where_to_look
     from orchestration.definitions import defs as load_defs
     from orchestration.defs.partitions import register_variants

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import Tensor
 
-from ml_core.augment import Augmenter, rotation_matrices
-from ml_core.columns import AXES, MODALITIES, MODEL_CHANNELS
-from ml_core.config import AugmentConfig
+from ml_core.data.columns import AXES, MODALITIES, MODEL_CHANNELS
 from ml_core.io import load_torch
 from ml_core.paths import DataPaths
-from ml_core.train import TrainConfig, train_model
+from ml_core.training.augment import Augmenter, rotation_matrices
+from ml_core.training.config import AugmentConfig
+from ml_core.training.train import TrainConfig, train_model
 from tests.test_train import WINDOW, losses
 from tests.test_windows import make_signal_fold
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ml_core.champion import ChampionGates, LeaderboardRow, select_champion
+from ml_core.lifecycle.champion import ChampionGates, LeaderboardRow, select_champion
 
 LOSO = tuple(f"loso-{s}" for s in range(101, 110))
 GATES = ChampionGates(baseline="feature_gbm", max_ece=0.1, min_margin=0.0)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_core.folds import FOLD_NAMES
+from ml_core.data.folds import FOLD_NAMES
 from ml_core.models import model_names
 from ml_core.paths import DataPaths
 from orchestration.cli import build_parser, ui_commands, where_to_look

@@ -46,9 +46,9 @@ def test_an_edited_step_needs_a_version_bump(
     monkeypatch.setattr(code_versions, "RECORD", record)
     assert code_versions.record() == []  # unchanged source: nothing to bump
 
-    impute = tmp_path / "ml_core" / "impute.py"
+    impute = tmp_path / "ml_core" / "data" / "impute.py"
     impute.write_text(impute.read_text().replace("25", "31", 1))
-    shards = tmp_path / "ml_core" / "data_pipeline.py"
+    shards = tmp_path / "ml_core" / "data" / "pipeline.py"
     # An edit to one function changes only the asset that runs it.
     shards.write_text(shards.read_text().replace('"written": passed,', '"written": True,'))
     assert code_versions.record() == ["imputed_recording", "activity_shards"]

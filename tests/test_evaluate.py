@@ -11,7 +11,8 @@ import pytest
 from matplotlib.image import imread
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score
 
-from ml_core.calibration import (
+from ml_core.data.columns import ACTIVITY_NAMES, PROTOCOL_ACTIVITIES
+from ml_core.evaluation.calibration import (
     T_MAX,
     T_MIN,
     expected_calibration_error,
@@ -20,8 +21,7 @@ from ml_core.calibration import (
     reliability_table,
     softmax,
 )
-from ml_core.columns import ACTIVITY_NAMES, PROTOCOL_ACTIVITIES
-from ml_core.evaluate import (
+from ml_core.evaluation.evaluate import (
     BUNDLE_FILES,
     bundle_files,
     check_bundle_complete,

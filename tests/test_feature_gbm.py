@@ -15,9 +15,12 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from threadpoolctl import threadpool_limits
 
 from ml_core import pipeline
-from ml_core.columns import AXES, MODALITIES
-from ml_core.folds import read_manifest
+from ml_core.data.columns import AXES, MODALITIES
+from ml_core.data.folds import read_manifest
+from ml_core.data.stats import load_feature_stats
+from ml_core.data.windows import WindowData
 from ml_core.io import load_torch, save_torch
+from ml_core.lifecycle.serving import SensorWindowClassifier
 from ml_core.models import create_model
 from ml_core.models.feature_gbm import (
     BASIC,
@@ -26,10 +29,7 @@ from ml_core.models.feature_gbm import (
     FeatureGBMConfig,
     boosting_threads,
 )
-from ml_core.serving import SensorWindowClassifier
-from ml_core.stats import load_feature_stats
-from ml_core.train import TrainConfig, load_trained_model, predict_proba, train_model
-from ml_core.windows import WindowData
+from ml_core.training.train import TrainConfig, load_trained_model, predict_proba, train_model
 from tests.test_windows import make_signal_fold
 
 CHANNELS = {"imu_hand": 3, "heart_rate": 1}

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from ml_core.columns import OPTIONAL_SUBJECTS, SUBJECTS
-from ml_core.fetch import EXPECTED_FILES, FetchError, fetch_pamap2
+from ml_core.data.columns import OPTIONAL_SUBJECTS, SUBJECTS
+from ml_core.data.fetch import EXPECTED_FILES, FetchError, fetch_pamap2
 
 # Small stand-ins for the real files, each with distinct content.
 FILES: dict[str, bytes] = {

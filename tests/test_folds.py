@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from ml_core.columns import SUBJECTS
-from ml_core.folds import (
+from ml_core.data.columns import SUBJECTS
+from ml_core.data.folds import (
     FOLD_NAMES,
     SPLITS,
     ShardRange,
@@ -23,9 +23,9 @@ from ml_core.folds import (
     validation_subject,
     write_manifests,
 )
+from ml_core.data.shards import ShardInfo
 from ml_core.io import write_json
 from ml_core.paths import DataPaths
-from ml_core.shards import ShardInfo
 
 W = 256
 

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from ml_core.columns import (
+from ml_core.data.columns import (
     ACTIVITY,
     HEART_RATE,
     IMUS,
@@ -19,8 +19,8 @@ from ml_core.columns import (
     TIMESTAMP,
     imu_columns,
 )
-from ml_core.impute import _segment_id, impute_recording
-from ml_core.ingest import TABLE_DTYPES
+from ml_core.data.impute import _segment_id, impute_recording
+from ml_core.data.ingest import TABLE_DTYPES
 
 NAN = float("nan")
 IMU_CHANNELS = [c for imu in IMUS for c in imu_columns(imu)]

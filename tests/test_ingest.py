@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from ml_core.columns import (
+from ml_core.data.columns import (
     ACTIVITY,
     AXES,
     DAT_COLUMNS,
@@ -20,9 +20,9 @@ from ml_core.columns import (
     TIMESTAMP,
     imu_columns,
 )
-from ml_core.ingest import TABLE_DTYPES, MalformedRecordingError, read_dat, read_subject
+from ml_core.data.ingest import TABLE_DTYPES, MalformedRecordingError, read_dat, read_subject
+from ml_core.data.schema import validate_recording
 from ml_core.paths import DataPaths
-from ml_core.schema import validate_recording
 
 # The first row of Protocol/subject101.dat, as PAMAP2_FACTS.md quotes it.
 OFFICIAL_ROW = (

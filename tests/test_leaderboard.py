@@ -11,8 +11,8 @@ from matplotlib.image import imread
 from scipy.stats import wilcoxon
 from sklearn.metrics import f1_score
 
-from ml_core.columns import PROTOCOL_ACTIVITIES
-from ml_core.leaderboard import (
+from ml_core.data.columns import PROTOCOL_ACTIVITIES
+from ml_core.evaluation.leaderboard import (
     MISSING,
     Result,
     build_leaderboard,
@@ -21,7 +21,7 @@ from ml_core.leaderboard import (
     sweep_summary,
     write_leaderboard,
 )
-from ml_core.protocol import EvaluationProtocol
+from ml_core.evaluation.protocol import EvaluationProtocol
 
 LOSO = [f"loso-{s}" for s in range(101, 110)]
 ALL_FOLDS = ["stratified", "holdout-106", *LOSO]

@@ -7,8 +7,8 @@ import math
 
 import dagster as dg
 
-from ml_core.ingest import TABLE_COLUMNS
-from ml_core.schema import RECORDING_SCHEMA
+from ml_core.data.ingest import TABLE_COLUMNS
+from ml_core.data.schema import RECORDING_SCHEMA
 from orchestration.definitions import defs as load_defs
 from orchestration.metadata import column_schema, table
 

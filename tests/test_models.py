@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ml_core.columns import MODALITIES
+from ml_core.data.columns import MODALITIES
 from ml_core.models import create_model, get_spec, model_names
 
 CHANNELS = {m: len(cols) for m, cols in MODALITIES.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from ml_core.columns import (
+from ml_core.data.columns import (
     ACTIVITY,
     DAT_COLUMNS,
     HEART_RATE,
@@ -14,8 +14,8 @@ from ml_core.columns import (
     TABLE_COLUMNS,
     TIMESTAMP,
 )
-from ml_core.ingest import TABLE_DTYPES
-from ml_core.schema import MAX_FAILURE_ROWS, drop_transient, nan_rates, validate_recording
+from ml_core.data.ingest import TABLE_DTYPES
+from ml_core.data.schema import MAX_FAILURE_ROWS, drop_transient, nan_rates, validate_recording
 
 NAN = float("nan")
 # The first row of Protocol/subject101.dat (PAMAP2_FACTS.md).

@@ -10,18 +10,19 @@ import polars as pl
 import pytest
 import torch
 
-from ml_core import data_pipeline, pipeline
-from ml_core.columns import HEART_RATE, MODEL_CHANNELS, SESSION, SUBJECT, TIMESTAMP
-from ml_core.folds import read_manifest
-from ml_core.impute import impute_recording
-from ml_core.ingest import read_subject
+from ml_core import pipeline
+from ml_core.data import pipeline as data_pipeline
+from ml_core.data.columns import HEART_RATE, MODEL_CHANNELS, SESSION, SUBJECT, TIMESTAMP
+from ml_core.data.folds import read_manifest
+from ml_core.data.impute import impute_recording
+from ml_core.data.ingest import read_subject
+from ml_core.data.stats import compute_feature_stats, write_feature_stats
+from ml_core.data.synthetic import generate_recording, write_dataset
+from ml_core.data.windows import WindowConfig, WindowData
 from ml_core.io import load_torch
+from ml_core.lifecycle.serving import SensorWindowClassifier, clean_windows
 from ml_core.paths import DataPaths
-from ml_core.serving import SensorWindowClassifier, clean_windows
-from ml_core.stats import compute_feature_stats, write_feature_stats
-from ml_core.synthetic import generate_recording, write_dataset
-from ml_core.train import TrainConfig, load_trained_model, predict_proba, train_model
-from ml_core.windows import WindowConfig, WindowData
+from ml_core.training.train import TrainConfig, load_trained_model, predict_proba, train_model
 
 TRAIN, TEST = (101, 105), 102
 FOLD = "serving"

@@ -10,8 +10,8 @@ import pytest
 import torch
 from polars.testing import assert_frame_equal
 
-import ml_core.shards as shards_module
-from ml_core.columns import (
+import ml_core.data.shards as shards_module
+from ml_core.data.columns import (
     ACTIVITY,
     MODEL_CHANNELS,
     SESSION,
@@ -19,9 +19,9 @@ from ml_core.columns import (
     TABLE_COLUMNS,
     TIMESTAMP,
 )
+from ml_core.data.shards import check_shard_rows, read_shard_index, write_activity_shards
 from ml_core.io import load_torch, write_parquet
 from ml_core.paths import DataPaths
-from ml_core.shards import check_shard_rows, read_shard_index, write_activity_shards
 
 SENSORS = [c for c in TABLE_COLUMNS if c not in (TIMESTAMP, ACTIVITY, SUBJECT, SESSION)]
 

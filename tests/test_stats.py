@@ -8,8 +8,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-import ml_core.stats as stats_module
-from ml_core.columns import (
+import ml_core.data.stats as stats_module
+from ml_core.data.columns import (
     ACTIVITY,
     HEART_RATE,
     MODEL_CHANNELS,
@@ -18,22 +18,22 @@ from ml_core.columns import (
     TABLE_COLUMNS,
     TIMESTAMP,
 )
-from ml_core.folds import (
+from ml_core.data.folds import (
     ShardRange,
     build_fold,
     load_shard_index,
     read_manifest,
     write_manifests,
 )
-from ml_core.io import load_torch, save_torch
-from ml_core.paths import DataPaths
-from ml_core.shards import write_activity_shards
-from ml_core.stats import (
+from ml_core.data.shards import write_activity_shards
+from ml_core.data.stats import (
     STD_FLOOR,
     compute_feature_stats,
     load_feature_stats,
     write_feature_stats,
 )
+from ml_core.io import load_torch, save_torch
+from ml_core.paths import DataPaths
 
 SENSORS = [c for c in TABLE_COLUMNS if c not in (TIMESTAMP, ACTIVITY, SUBJECT, SESSION)]
 WINDOW = 32

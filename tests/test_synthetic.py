@@ -11,7 +11,7 @@ from sklearn.neighbors import NearestCentroid
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ml_core.columns import (
+from ml_core.data.columns import (
     ACTIVITY,
     DAT_COLUMNS,
     HEART_RATE,
@@ -23,8 +23,8 @@ from ml_core.columns import (
     TIMESTAMP,
     imu_columns,
 )
+from ml_core.data.synthetic import SCALES, generate_recording, write_dataset
 from ml_core.paths import DataPaths
-from ml_core.synthetic import SCALES, generate_recording, write_dataset
 
 # The real excerpt lives in ../shared beside the repository (in CI too).
 EXCERPT = Path(__file__).resolve().parents[2] / "shared/data/pamap2_real_excerpt/excerpt_13x500.csv"

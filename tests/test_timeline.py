@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 from matplotlib.image import imread
 
-from ml_core.columns import ACTIVITY, MODEL_CHANNELS, SESSION, TIMESTAMP
-from ml_core.timeline import build_timeline, cut_windows, plot_timeline, smooth, viterbi
+from ml_core.data.columns import ACTIVITY, MODEL_CHANNELS, SESSION, TIMESTAMP
+from ml_core.lifecycle.timeline import build_timeline, cut_windows, plot_timeline, smooth, viterbi
 
 CLASSES = [1, 4, 5]
 SIGNAL = MODEL_CHANNELS.index("ankle_acc16_x")

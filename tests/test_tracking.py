@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ml_core.paths import DataPaths
-from ml_core.tracking import (
+from ml_core.lifecycle.tracking import (
     EXPERIMENT_KIND_TAG,
     MODEL_TRAINING_KIND,
     MlflowTracker,
     fold_datasets,
 )
+from ml_core.paths import DataPaths
 
 FOLD = "loso-103"
 MANIFESTS = {

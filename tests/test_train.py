@@ -14,12 +14,13 @@ from sklearn.metrics import f1_score
 from torch import Tensor, nn
 
 from ml_core import models
+from ml_core.data.stats import load_feature_stats
+from ml_core.data.windows import WindowConfig, WindowData
 from ml_core.io import load_torch, save_torch
-from ml_core.losses import FocalLoss, build_loss, class_weights
 from ml_core.models import ModelSpec
 from ml_core.paths import DataPaths
-from ml_core.stats import load_feature_stats
-from ml_core.train import (
+from ml_core.training.losses import FocalLoss, build_loss, class_weights
+from ml_core.training.train import (
     DeviceMismatchError,
     TrainConfig,
     TrainingDivergedError,
@@ -29,7 +30,6 @@ from ml_core.train import (
     predict_proba,
     train_model,
 )
-from ml_core.windows import WindowConfig, WindowData
 from tests.test_windows import make_signal_fold
 
 WINDOW = {"window": 32, "stride": 16}

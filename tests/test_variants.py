@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from ml_core.models import model_names
-from ml_core.train import TrainConfig
-from ml_core.variants import VARIANTS_FILE, VariantError, load_variants
+from ml_core.training.train import TrainConfig
+from ml_core.training.variants import VARIANTS_FILE, VariantError, load_variants
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from ml_core.columns import CLASS_SETS, MODALITIES, MODEL_CHANNELS
+from ml_core.data.columns import CLASS_SETS, MODALITIES, MODEL_CHANNELS
+from ml_core.data.windows import MODALITY_SLICES, WindowConfig, WindowData
 from ml_core.io import save_torch, write_json
 from ml_core.paths import DataPaths
-from ml_core.windows import MODALITY_SLICES, WindowConfig, WindowData
 
 C = len(MODEL_CHANNELS)
 

@@ -41,7 +41,7 @@ from sklearn.utils.extmath import softmax
 from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 
-from ml_core.columns import AXES, MODALITIES, SAMPLE_RATE_HZ
+from ml_core.data.columns import AXES, MODALITIES, SAMPLE_RATE_HZ
 from ml_core.models import ModelSpec
 
 BASIC: tuple[str, ...] = ("mean", "std", "min", "max", "p10", "p25", "p50", "p75", "p90", "iqr")

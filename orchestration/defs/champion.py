@@ -40,7 +40,7 @@ def champion_model(
     move). With `retrain_on_all`, the registered model is the chosen variant retrained on every
     subject but validation person 105. The metadata shows the decision and why every other
     variant was not chosen."""
-    from ml_core.champion import ChampionGates
+    from ml_core.lifecycle.champion import ChampionGates
     from ml_core.pipeline import choose_champion
 
     outcome = choose_champion(

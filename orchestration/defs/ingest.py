@@ -4,9 +4,9 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from ml_core import data_pipeline
-from ml_core.raw_files import raw_file_fingerprints, subject_fingerprint, subject_of
-from ml_core.schema import RECORDING_SCHEMA
+from ml_core.data import pipeline as data_pipeline
+from ml_core.data.raw_files import raw_file_fingerprints, subject_fingerprint, subject_of
+from ml_core.data.schema import RECORDING_SCHEMA
 from orchestration.code_versions import CODE_VERSIONS
 from orchestration.defs.automation import DATA_FLOW
 from orchestration.defs.partitions import subject_partitions

@@ -1,6 +1,7 @@
 """Partition definitions: subjects, evaluation folds, and fold x variant.
 
-The model dimension of fold x model holds variants (`ml_core.variants`): the built-in ones (each
+The model dimension of fold x model holds variants (`ml_core.training.variants`): the built-in ones
+(each
 registered model with its defaults, named after the model) and those of `experiments.yaml`. It
 is the dynamic partitions definition `variant`, so a new variant appears without a code change;
 `register_variants` (the sensor, `pamap variants --register` and `pamap demo` use it) adds them
@@ -12,8 +13,8 @@ from collections.abc import Iterable
 
 import dagster as dg
 
-from ml_core.columns import SUBJECTS
-from ml_core.folds import FOLD_NAMES
+from ml_core.data.columns import SUBJECTS
+from ml_core.data.folds import FOLD_NAMES
 
 VARIANT_PARTITIONS = "variant"
 

@@ -4,9 +4,9 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from ml_core import data_pipeline
-from ml_core.folds import SPLITS
-from ml_core.shards import INDEX_NAME
+from ml_core.data import pipeline as data_pipeline
+from ml_core.data.folds import SPLITS
+from ml_core.data.shards import INDEX_NAME
 from orchestration.code_versions import CODE_VERSIONS
 from orchestration.defs.automation import DATA_FLOW
 from orchestration.defs.ingest import RECORDING_COLUMNS, imputed_recording

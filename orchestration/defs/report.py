@@ -22,7 +22,7 @@ def leaderboard(data_root: DataRoot, mlflow: MlflowTracking) -> dg.MaterializeRe
     summary names each model's best complete variant with its settings. Written as markdown,
     JSON and a plot, and logged to MLflow."""
     from ml_core import pipeline  # torch and MLflow: only when this step runs
-    from ml_core.leaderboard import sweep_summary_lines
+    from ml_core.evaluation.leaderboard import sweep_summary_lines
 
     result = pipeline.build_report(data_root.paths(), tracker=mlflow.tracker())
     sweep = result["board"]["sweep_summary"]

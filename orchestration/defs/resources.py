@@ -11,7 +11,7 @@ import dagster as dg
 from ml_core.paths import DataPaths, default_data_root
 
 if TYPE_CHECKING:
-    from ml_core.tracking import MlflowTracker
+    from ml_core.lifecycle.tracking import MlflowTracker
 
 
 DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
@@ -41,7 +41,7 @@ class MlflowTracking(dg.ConfigurableResource):
 
     def tracker(self) -> MlflowTracker:
         # MLflow is imported by the steps that log, not by the code location or the data steps.
-        from ml_core.tracking import MlflowTracker, default_tracking_uri
+        from ml_core.lifecycle.tracking import MlflowTracker, default_tracking_uri
 
         uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
         return MlflowTracker(tracking_uri=uri, experiment=self.experiment)

@@ -55,7 +55,7 @@ def activity_timeline(
     plot against the labels, with macro F1 before and after smoothing."""
     import polars as pl
 
-    from ml_core.timeline import load_registered_model, run_timeline
+    from ml_core.lifecycle.timeline import load_registered_model, run_timeline
 
     paths = data_root.paths()
     subject = int(context.partition_key)
@@ -88,9 +88,9 @@ def inbox_timeline(
     naming the file and line; an earlier good timeline is never overwritten by a failure."""
     import polars as pl
 
-    from ml_core.columns import SESSION
-    from ml_core.ingest import read_dat
-    from ml_core.timeline import load_registered_model, run_timeline
+    from ml_core.data.columns import SESSION
+    from ml_core.data.ingest import read_dat
+    from ml_core.lifecycle.timeline import load_registered_model, run_timeline
 
     paths = data_root.paths()
     name = context.partition_key

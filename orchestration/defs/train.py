@@ -16,7 +16,8 @@ from typing import Any
 
 import dagster as dg
 
-from ml_core.config import (
+from ml_core.io import checkpoint_digest
+from ml_core.training.config import (
     ClassSet,
     Device,
     Loss,
@@ -25,7 +26,6 @@ from ml_core.config import (
     WindowConfig,
     make_train_config,
 )
-from ml_core.io import checkpoint_digest
 from orchestration.code_versions import CODE_VERSIONS
 from orchestration.defs.automation import WEEKLY_TRAINING
 from orchestration.defs.partitions import fold_and_variant, fold_model_partitions
@@ -38,11 +38,12 @@ TRAINING_POOL = "training"
 
 
 class TrainingConfig(dg.Config):
-    """Hyperparameters (defaults: `ml_core.train.TrainConfig`'s, which train fast on a CPU).
+    """Hyperparameters (defaults: `ml_core.training.config.TrainConfig`'s: fast on a CPU).
     `loss`, `device` and `class_set` are enumerated: the launchpad rejects any other value.
     `model_overrides` sets the architecture's own settings (its config dataclass in
     `ml_core/models/<model>.py`), e.g. `{hidden: 128}`, and `augment` the augmentation's
-    (`ml_core.config.AugmentConfig`); an unknown key fails the run at once. A file variant's own
+    (`ml_core.training.config.AugmentConfig`); an unknown key fails the run at once. A file
+    variant's own
     settings override these; the rest apply to it as to any variant."""
 
     epochs: int = TrainConfig.epochs

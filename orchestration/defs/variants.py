@@ -1,7 +1,8 @@
 """Variants as the `variant` partitions of fold x model: which variant a partition is, and the
 sensor that registers every variant of experiments.yaml (and the built-in ones).
 
-The sensor validates the whole file first (`ml_core.variants.load_variants`): on any problem it
+The sensor validates the whole file first (`ml_core.training.variants.load_variants`): on any
+problem it
 registers nothing and its tick shows every problem with file, line, variant and setting.
 """
 
@@ -14,12 +15,12 @@ import dagster as dg
 from orchestration.defs.partitions import VARIANT_PARTITIONS, variant_partitions
 
 if TYPE_CHECKING:
-    from ml_core.variants import Variant
+    from ml_core.training.variants import Variant
 
 
 def variants_file() -> Path:
     """`experiments.yaml` at the project root, or the file named by `PAMAP_VARIANTS_FILE`."""
-    from ml_core.variants import VARIANTS_FILE
+    from ml_core.training.variants import VARIANTS_FILE
 
     return Path(os.environ.get("PAMAP_VARIANTS_FILE", VARIANTS_FILE))
 
@@ -30,7 +31,7 @@ def find_variant(name: str) -> "Variant":
     A built-in variant does not read the file, so a broken file stops only its own variants.
     Raises ValueError naming the file when the variant is not there or the file is invalid.
     """
-    from ml_core.variants import VariantError, builtin_variants, load_variants
+    from ml_core.training.variants import VariantError, builtin_variants, load_variants
 
     for variant in builtin_variants():
         if variant.name == name:
@@ -56,7 +57,7 @@ def find_variant(name: str) -> "Variant":
     "`variant` partition of fold x model; an invalid file registers nothing.",
 )
 def variants_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-    from ml_core.variants import VariantError, load_variants
+    from ml_core.training.variants import VariantError, load_variants
 
     try:
         variants = load_variants(variants_file())

@@ -28,7 +28,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from ml_core.synthetic import write_dataset
+from ml_core.data.synthetic import write_dataset
 from orchestration.definitions import defs as load_defs
 from orchestration.defs.partitions import register_variants
 

@@ -10,7 +10,7 @@ import mlflow.pyfunc
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ml_core.champion import (
+from ml_core.lifecycle.champion import (
     CHAMPION,
     PREVIOUS,
     ChampionGates,

@@ -25,8 +25,8 @@ import pytest
 import yaml
 from playwright.sync_api import Page, expect, sync_playwright
 
-from ml_core.columns import SUBJECTS
-from ml_core.folds import FOLD_NAMES
+from ml_core.data.columns import SUBJECTS
+from ml_core.data.folds import FOLD_NAMES
 from ml_core.models import model_names
 from ml_core.paths import DataPaths
 from orchestration.defs.partitions import fold_model_partitions, register_variants

@@ -10,8 +10,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from ml_core.evaluation.protocol import latest_dirs
 from ml_core.paths import PROJECT_ROOT, DataPaths
-from ml_core.protocol import latest_dirs
 from tests.e2e.conftest import venv_program
 from tests.raw_edits import edit_labelled_row
 

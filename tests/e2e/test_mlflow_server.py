@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ml_core.columns import MODEL_CHANNELS
-from ml_core.evaluate import check_bundle_complete
+from ml_core.data.columns import MODEL_CHANNELS
+from ml_core.evaluation.evaluate import check_bundle_complete
+from ml_core.evaluation.protocol import latest_dirs
 from ml_core.io import load_torch
 from ml_core.paths import DataPaths
-from ml_core.protocol import latest_dirs
 from tests.e2e.conftest import MlflowServer, materialize
 
 pytestmark = pytest.mark.slow

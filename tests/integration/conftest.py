@@ -13,9 +13,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from ml_core.columns import SUBJECTS
-from ml_core.folds import FOLD_NAMES
-from ml_core.synthetic import write_dataset
+from ml_core.data.columns import SUBJECTS
+from ml_core.data.folds import FOLD_NAMES
+from ml_core.data.synthetic import write_dataset
 from orchestration.definitions import defs as load_defs
 from orchestration.defs.partitions import register_variants
 

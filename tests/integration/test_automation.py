@@ -21,13 +21,13 @@ from dagster._core.definitions.automation_tick_evaluation_context import (
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from ml_core import pipeline
-from ml_core.columns import SUBJECTS
-from ml_core.config import make_train_config
-from ml_core.folds import FOLD_NAMES
+from ml_core.data.columns import SUBJECTS
+from ml_core.data.folds import FOLD_NAMES
+from ml_core.evaluation.protocol import latest_dirs
 from ml_core.io import load_torch
 from ml_core.models import model_names
 from ml_core.paths import DataPaths
-from ml_core.protocol import latest_dirs
+from ml_core.training.config import make_train_config
 from orchestration.definitions import defs as load_defs
 from orchestration.defs.partitions import register_variants
 from orchestration.staleness import observe_raw_files

@@ -14,11 +14,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from ml_core.champion import CHAMPION, REGISTERED_MODEL
-from ml_core.columns import SUBJECTS
+from ml_core.data.columns import SUBJECTS
 from ml_core.io import write_json
+from ml_core.lifecycle.champion import CHAMPION, REGISTERED_MODEL
+from ml_core.lifecycle.tracking import MlflowTracker
 from ml_core.paths import DataPaths
-from ml_core.tracking import MlflowTracker
 from orchestration.defs.champion import champion_model
 from orchestration.defs.resources import DataRoot, MlflowTracking
 
@@ -161,8 +161,8 @@ def test_retrain_on_all_registers_a_model_trained_on_every_subject_but_validatio
     copy_prepared: Callable[[], Path],
 ) -> None:
     from ml_core import pipeline
-    from ml_core.config import TrainConfig
-    from ml_core.folds import DEPLOY_FOLD, HOLDOUT_VAL_SUBJECT, read_fold
+    from ml_core.data.folds import DEPLOY_FOLD, HOLDOUT_VAL_SUBJECT, read_fold
+    from ml_core.training.config import TrainConfig
 
     paths = DataPaths(copy_prepared())
     uri = f"sqlite:///{paths.root / 'mlflow.db'}"

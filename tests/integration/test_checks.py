@@ -13,8 +13,8 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from ml_core import data_pipeline
-from ml_core.folds import SPLITS
+from ml_core.data import pipeline as data_pipeline
+from ml_core.data.folds import SPLITS
 from ml_core.paths import DataPaths
 from tests.integration.conftest import execute
 

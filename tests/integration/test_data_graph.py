@@ -13,8 +13,8 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from ml_core.columns import SUBJECTS
-from ml_core.folds import FOLD_NAMES, read_manifest
+from ml_core.data.columns import SUBJECTS
+from ml_core.data.folds import FOLD_NAMES, read_manifest
 from ml_core.paths import DataPaths
 from tests.integration.conftest import execute
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from ml_core.columns import SUBJECTS
+from ml_core.data.columns import SUBJECTS
 from ml_core.paths import DataPaths
 from orchestration.definitions import defs as load_defs
 from orchestration.staleness import Staleness, observe_raw_files

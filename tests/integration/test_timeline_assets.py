@@ -12,11 +12,11 @@ import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ml_core.config import TrainConfig
+from ml_core.lifecycle.timeline import CHAMPION_ALIAS, CHAMPION_MODEL_NAME
+from ml_core.lifecycle.tracking import MlflowTracker
 from ml_core.paths import DataPaths
 from ml_core.pipeline import train_fold_model
-from ml_core.timeline import CHAMPION_ALIAS, CHAMPION_MODEL_NAME
-from ml_core.tracking import MlflowTracker
+from ml_core.training.config import TrainConfig
 from orchestration.defs.resources import DataRoot
 from orchestration.defs.timeline import inbox_partitions, inbox_sensor
 from tests.integration.conftest import execute

@@ -12,10 +12,10 @@ import dagster as dg
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ml_core.evaluate import BUNDLE_FILES
+from ml_core.evaluation.evaluate import BUNDLE_FILES
+from ml_core.evaluation.protocol import latest_dirs
 from ml_core.io import load_torch
 from ml_core.paths import DataPaths
-from ml_core.protocol import latest_dirs
 from tests.integration.conftest import execute
 
 FOLD = "holdout-106"

@@ -9,9 +9,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from ml_core.config import make_train_config
 from ml_core.paths import DataPaths
 from ml_core.pipeline import check_fold_window, fold_split_gap
+from ml_core.training.config import make_train_config
 from tests.integration.conftest import execute
 
 FOLD = "holdout-106"

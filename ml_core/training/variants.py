@@ -27,10 +27,10 @@ import yaml
 from yaml.constructor import ConstructorError
 from yaml.resolver import BaseResolver
 
-from ml_core.columns import MODALITIES
-from ml_core.config import TrainConfig, WindowConfig
+from ml_core.data.columns import MODALITIES
 from ml_core.models import create_model, get_spec, model_names
 from ml_core.paths import PROJECT_ROOT
+from ml_core.training.config import TrainConfig, WindowConfig
 
 VARIANTS_FILE = PROJECT_ROOT / "experiments.yaml"
 WINDOW_SETTINGS = tuple(f.name for f in fields(WindowConfig))

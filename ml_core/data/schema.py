@@ -8,7 +8,7 @@ import pandera.errors
 import pandera.polars as pa
 import polars as pl
 
-from ml_core.columns import (
+from ml_core.data.columns import (
     ACTIVITY,
     ACTIVITY_NAMES,
     HEART_RATE,
@@ -21,7 +21,7 @@ from ml_core.columns import (
     TIMESTAMP,
     imu_columns,
 )
-from ml_core.ingest import TABLE_DTYPES
+from ml_core.data.ingest import TABLE_DTYPES
 
 MAX_FAILURE_ROWS = 1000
 TRANSIENT_ACTIVITY = 0

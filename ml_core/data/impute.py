@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from ml_core.columns import (
+from ml_core.data.columns import (
     ACTIVITY,
     HEART_RATE,
     IMUS,
@@ -21,7 +21,7 @@ from ml_core.columns import (
 # Consecutive samples are 0.01 s apart; a larger step means rows were removed (a dropped
 # transient) or skipped, and interpolating across it would invent signal.
 MAX_STEP_S = 1.5 / SAMPLE_RATE_HZ
-# Defaults of the cleaning, shared with the serving model (ml_core.serving), which repeats it.
+# Defaults of the cleaning, shared with the serving model (ml_core.lifecycle.serving), which repeats it.
 MAX_GAP_SAMPLES = 10
 HR_MEDIAN_WINDOW = 25
 

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ml_core.columns import (
+from ml_core.data.columns import (
     AXES,
     HEART_RATE,
     IMUS,
@@ -48,8 +48,8 @@ from ml_core.columns import (
     MIRRORED_IMUS,
     MODALITIES,
 )
-from ml_core.config import AugmentConfig
-from ml_core.windows import MODALITY_SLICES, normaliser
+from ml_core.data.windows import MODALITY_SLICES, normaliser
+from ml_core.training.config import AugmentConfig
 
 VECTOR_FIELDS = ("acc16", "gyro", "mag")  # per IMU, rotated together
 # Reflection across the sagittal plane, per field: the lateral axis (y, as the synthetic data

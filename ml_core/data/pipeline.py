@@ -16,15 +16,15 @@ from typing import Any
 
 import polars as pl
 
-from ml_core import folds as fold_lib
-from ml_core.columns import ACTIVITY, ACTIVITY_NAMES, HEART_RATE, SESSION
-from ml_core.impute import impute_recording
-from ml_core.ingest import read_subject
+from ml_core.data import folds as fold_lib
+from ml_core.data.columns import ACTIVITY, ACTIVITY_NAMES, HEART_RATE, SESSION
+from ml_core.data.impute import impute_recording
+from ml_core.data.ingest import read_subject
 from ml_core.io import replace_dir, staging_root, write_parquet
 from ml_core.paths import DataPaths
-from ml_core.schema import ValidationResult, drop_transient, nan_rates, validate_recording
-from ml_core.shards import check_shard_rows, write_activity_shards
-from ml_core.stats import compute_feature_stats, write_feature_stats
+from ml_core.data.schema import ValidationResult, drop_transient, nan_rates, validate_recording
+from ml_core.data.shards import check_shard_rows, write_activity_shards
+from ml_core.data.stats import compute_feature_stats, write_feature_stats
 
 
 def _file_mb(path: Path) -> float:

@@ -1,6 +1,6 @@
 """A trained model wrapped to take raw sensor rows, as logged to MLflow for serving.
 
-The wrapper repeats the cleaning of `ml_core.impute` inside each window before normalising, so
+The wrapper repeats the cleaning of `ml_core.data.impute` inside each window before normalising, so
 raw `.dat` rows get the predictions the evaluation path gives the same rows. Training cleans a
 whole recording, serving sees one window, so two edges differ (measured in
 tests/test_serving.py): heart rate before the window's first reading is back-filled from it
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ml_core.columns import HEART_RATE, MODALITIES, MODEL_CHANNELS
-from ml_core.impute import HR_MEDIAN_WINDOW, MAX_GAP_SAMPLES
+from ml_core.data.columns import HEART_RATE, MODALITIES, MODEL_CHANNELS
+from ml_core.data.impute import HR_MEDIAN_WINDOW, MAX_GAP_SAMPLES
 
 
 def _previous_and_next(valid: Tensor) -> tuple[Tensor, Tensor]:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from ml_core.columns import (
+from ml_core.data.columns import (
     ACTIVITY,
     MODEL_CHANNELS,
     SAMPLE_RATE_HZ,

@@ -1,6 +1,6 @@
 """Activity timelines: a model over a whole recording, window by window, then smoothed in time.
 
-A recording (the 56-field table of `ml_core.ingest`, raw rows at 100 Hz) is cut into sliding
+A recording (the 56-field table of `ml_core.data.ingest`, raw rows at 100 Hz) is cut into sliding
 windows that never cross a time gap or a session; a model that takes raw windows (the MLflow
 serving model, which cleans and normalises itself) gives class probabilities per window; a
 temporal smoother turns them into a timeline:
@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from scipy.ndimage import median_filter
 
-from ml_core.columns import (
+from ml_core.data.columns import (
     ACTIVITY,
     ACTIVITY_NAMES,
     CLASS_SETS,
@@ -36,9 +36,9 @@ from ml_core.columns import (
     SESSION,
     TIMESTAMP,
 )
+from ml_core.evaluation.leaderboard import confusion_counts, macro_f1_from_confusion
+from ml_core.evaluation.protocol import EvaluationProtocol
 from ml_core.io import atomic_path, write_parquet
-from ml_core.leaderboard import confusion_counts, macro_f1_from_confusion
-from ml_core.protocol import EvaluationProtocol
 
 Smoothing = Literal["hmm", "median", "none"]
 # Consecutive rows further apart than this are a gap (PAMAP2 samples every 0.01 s).

@@ -25,14 +25,14 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from ml_core.calibration import (
+from ml_core.data.columns import ACTIVITY_NAMES
+from ml_core.evaluation.calibration import (
     fit_temperature,
     nll_from_logits,
     nll_from_probs,
     reliability_table,
     softmax,
 )
-from ml_core.columns import ACTIVITY_NAMES
 from ml_core.io import atomic_path, write_json, write_parquet, write_text
 
 BUNDLE_FILES: tuple[str, ...] = (

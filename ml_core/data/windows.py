@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ml_core.columns import ACTIVITY_NAMES, MODALITIES, MODEL_CHANNELS
-from ml_core.config import WindowConfig
-from ml_core.folds import ShardRange, read_manifest
+from ml_core.data.columns import ACTIVITY_NAMES, MODALITIES, MODEL_CHANNELS
+from ml_core.training.config import WindowConfig
+from ml_core.data.folds import ShardRange, read_manifest
 from ml_core.io import load_torch
 from ml_core.paths import DataPaths
 

@@ -13,10 +13,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ml_core.columns import ACTIVITY_NAMES, SUBJECTS
+from ml_core.data.columns import ACTIVITY_NAMES, SUBJECTS
 from ml_core.io import write_text
 from ml_core.paths import DataPaths
-from ml_core.shards import INDEX_NAME, ShardInfo, read_shard_index
+from ml_core.data.shards import INDEX_NAME, ShardInfo, read_shard_index
 
 FOLD_NAMES: list[str] = ["stratified", "holdout-106", *(f"loso-{s}" for s in SUBJECTS)]
 SPLITS: tuple[str, ...] = ("train", "val", "test")

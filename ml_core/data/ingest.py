@@ -6,7 +6,7 @@ from pathlib import Path
 
 import polars as pl
 
-from ml_core.columns import (
+from ml_core.data.columns import (
     ACTIVITY,
     DAT_COLUMNS,
     SESSION,

@@ -2,7 +2,8 @@
 
 Input is one `Result` per (protocol, variant, fold, seed): the test labels and predictions of an
 evaluation bundle plus its summary numbers. A variant is a registered model with overrides
-(`ml_core.variants`); a built-in one is named after its model. Per protocol (never mixed), each
+(`ml_core.training.variants`); a built-in one is named after its model. Per protocol (never mixed),
+each
 variant is one entry (showing its model) and gets:
 - per-fold macro F1 (over the classes present in that fold's test labels), seed-averaged;
 - LOSO mean ± sample std over loso-101…108; loso-109 (one test class) on its own line;
@@ -32,9 +33,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.stats import wilcoxon
 
-from ml_core.folds import FOLD_NAMES
+from ml_core.data.folds import FOLD_NAMES
+from ml_core.evaluation.protocol import EvaluationProtocol
 from ml_core.io import atomic_path, write_json, write_text
-from ml_core.protocol import EvaluationProtocol
 
 LOSO_PREFIX = "loso-"
 # Subject 109's Protocol data is rope jumping only: its fold's macro F1 is over one class.

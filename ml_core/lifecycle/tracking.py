@@ -15,7 +15,7 @@ from mlflow.data.dataset import Dataset
 from mlflow.data.dataset_source_registry import get_dataset_source_from_json
 from mlflow.tracking import MlflowClient
 
-from ml_core.folds import SPLITS, read_manifest
+from ml_core.data.folds import SPLITS, read_manifest
 from ml_core.paths import DataPaths, default_data_root
 
 # The experiment tag the MLflow UI reads to tell classic model training from GenAI work.

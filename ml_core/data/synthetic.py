@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 from scipy import signal
 
-from ml_core.columns import (
+from ml_core.data.columns import (
     ACTIVITY,
     ALL_ACTIVITIES,
     HEART_RATE,
@@ -817,7 +817,7 @@ def write_dataset(
     # Reports label results on this data as synthetic; a real download replaces the folder.
     layout = DataPaths(Path())
     marker = raw_dir / layout.synthetic_marker.relative_to(layout.raw)
-    write_json({"generator": "ml_core.synthetic", "scale": scale, "seed": seed}, marker)
+    write_json({"generator": "ml_core.data.synthetic", "scale": scale, "seed": seed}, marker)
     return {
         "scale": scale,
         "seed": seed,

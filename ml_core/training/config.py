@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
-from ml_core.columns import CLASS_SETS
+from ml_core.data.columns import CLASS_SETS
 
 # The enumerated settings as types, so a typed config (Dagster's launchpad) rejects a typo
 # before a run starts; the tuples are for checks at run time.
@@ -92,7 +92,7 @@ class TrainConfig:
     and the loss is unweighted. loss_class_weights=True with balanced_sampling applies both
     (an effective weight of 1 / count², which over-corrects); None picks the single correction.
     augment (an AugmentConfig, or a dict of its fields): training-batch augmentation, on by
-    default (see ml_core.augment); evaluation never augments.
+    default (see ml_core.training.augment); evaluation never augments.
     precision "bf16" runs forward passes under bfloat16 autocast (CUDA, and CPUs with bf16).
     compile wraps the model in torch.compile (the first steps pay for the compilation).
     deterministic asks for an exact run: deterministic kernels, and a resume on another device

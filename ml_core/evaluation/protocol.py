@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ml_core.columns import ACTIVITY_NAMES, CLASS_SETS, SAMPLE_RATE_HZ
+from ml_core.data.columns import ACTIVITY_NAMES, CLASS_SETS, SAMPLE_RATE_HZ
 from ml_core.io import write_json
 from ml_core.paths import DataPaths
 
@@ -42,7 +42,7 @@ class EvaluationProtocol:
 
     @classmethod
     def of(cls, config: Any) -> EvaluationProtocol:
-        """The protocol of a `ml_core.train.TrainConfig` (duck-typed: no torch import here)."""
+        """The protocol of a `ml_core.training.config.TrainConfig` (duck-typed: no torch here)."""
         w = config.window
         return cls(w.window, w.stride, w.decimate, w.class_set, config.loss, config.epochs)
 

@@ -32,16 +32,16 @@ from sklearn.metrics import f1_score
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ml_core.augment import Augmenter
-from ml_core.columns import SAMPLE_RATE_HZ
-from ml_core.config import TrainConfig
+from ml_core.data.columns import SAMPLE_RATE_HZ
+from ml_core.data.stats import load_feature_stats
+from ml_core.data.windows import Batch, WindowData, normaliser
+from ml_core.evaluation.protocol import EvaluationProtocol
 from ml_core.io import load_torch, save_torch, write_json
-from ml_core.losses import build_loss
 from ml_core.models import create_model, get_spec
 from ml_core.paths import DataPaths
-from ml_core.protocol import EvaluationProtocol
-from ml_core.stats import load_feature_stats
-from ml_core.windows import Batch, WindowData, normaliser
+from ml_core.training.augment import Augmenter
+from ml_core.training.config import TrainConfig
+from ml_core.training.losses import build_loss
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ml_core.columns import MODEL_CHANNELS
-from ml_core.folds import ShardRange
+from ml_core.data.columns import MODEL_CHANNELS
+from ml_core.data.folds import ShardRange
 from ml_core.io import load_torch, write_json
 from ml_core.paths import DataPaths
 

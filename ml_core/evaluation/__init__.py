@@ -1,0 +1,1 @@
+"""Evaluation stage: protocols, test-set metrics and calibration, and the leaderboard."""

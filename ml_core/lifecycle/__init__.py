@@ -1,0 +1,1 @@
+"""Lifecycle stage: MLflow tracking, the champion in the registry, serving and timelines."""

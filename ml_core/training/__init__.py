@@ -1,0 +1,1 @@
+"""Training stage: configuration, the training loop, losses, augmentation and model variants."""
