@@ -57,3 +57,22 @@ def test_an_edited_step_needs_a_version_bump(
     monkeypatch.setitem(CODE_VERSIONS, "activity_shards", "2")
     assert code_versions.record() == []
     assert recorded()["imputed_recording"]["version"] == "2"
+
+
+def test_a_refactor_is_recorded_without_a_bump(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(code_versions.PROJECT_ROOT / "ml_core", tmp_path / "ml_core")
+    record = tmp_path / "code_versions.json"
+    shutil.copy(code_versions.RECORD, record)
+    monkeypatch.setattr(code_versions, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(code_versions, "RECORD", record)
+    before = recorded()["imputed_recording"]
+
+    impute = tmp_path / "ml_core" / "data" / "impute.py"
+    impute.write_text(impute.read_text() + "\n# moved here from another module\n")
+    assert code_versions.record(refactor=True) == []
+    after = recorded()["imputed_recording"]
+    assert after["version"] == before["version"]  # materialized partitions stay current
+    assert after["source_sha256"] != before["source_sha256"]
+    assert code_versions.record() == []  # the new source is now the recorded one
