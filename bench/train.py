@@ -3,9 +3,8 @@
 For every registered model at its default config: training windows/s end to end (building the
 batch, then augmentation, forward, backward, gradient clipping and the AdamW step, as
 `ml_core.training.train` runs them, with no host synchronisation per step), inference windows/s
-(eval
-mode, no grad, batches of 256) and the share of the step time spent building batches. Ours
-gathers each batch from `WindowData` in one indexing op. The baseline is what a typical PyTorch
+(eval mode, no grad, batches of 256) and the share of the step time spent building batches.
+Ours gathers each batch from `WindowData` in one indexing op. The baseline is what a typical PyTorch
 project writes: a `Dataset` whose `__getitem__` slices one window from its shard tensor,
 normalises it and builds the per-modality inputs and masks, and a
 `DataLoader` with the default collate. It trains the default model (`temporal_cnn`, the one
@@ -17,9 +16,9 @@ normalises it and builds the per-modality inputs and masks, and a
     uv run python bench/train.py --device cpu cuda       # the same table on the GPU as well
     uv run python bench/train.py --device cuda --precision bf16 --compile
 
-On CUDA the fold's windows are moved to the GPU first (as `ml_core.training.train` does when they
-fit),
-so batches are gathered there; the baseline's DataLoader batches are copied from pinned memory.
+On CUDA the fold's windows are moved to the GPU first (as `ml_core.training.train` does when
+they fit), so batches are gathered there; the baseline's DataLoader batches are copied from
+pinned memory.
 """
 
 from __future__ import annotations

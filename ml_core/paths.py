@@ -64,8 +64,7 @@ class DataPaths:
     # --- per fold x variant x protocol x seed -------------------------------------------
     # A variant (ml_core.training.variants; a built-in one is named after its model), a protocol id
     # (ml_core.evaluation.protocol) and a seed in every path: a run of another variant or under
-    # other
-    # settings is stored beside earlier results, never over them.
+    # other settings is stored beside earlier results, never over them.
     def model_root(self, fold: str, variant: str) -> Path:
         """Every protocol's trainings of `variant` on `fold` (and `latest.json`)."""
         return self.root / "models" / fold / variant

@@ -2,9 +2,8 @@
 
 Input is one `Result` per (protocol, variant, fold, seed): the test labels and predictions of an
 evaluation bundle plus its summary numbers. A variant is a registered model with overrides
-(`ml_core.training.variants`); a built-in one is named after its model. Per protocol (never mixed),
-each
-variant is one entry (showing its model) and gets:
+(`ml_core.training.variants`); a built-in one is named after its model. Per protocol (never
+mixed), each variant is one entry (showing its model) and gets:
 - per-fold macro F1 (over the classes present in that fold's test labels), seed-averaged;
 - LOSO mean ± sample std over loso-101…108; loso-109 (one test class) on its own line;
 - pooled LOSO: every LOSO test window (109 included) in one confusion matrix, macro F1 over

@@ -1,12 +1,11 @@
 """Partition definitions: subjects, evaluation folds, and fold x variant.
 
 The model dimension of fold x model holds variants (`ml_core.training.variants`): the built-in ones
-(each
-registered model with its defaults, named after the model) and those of `experiments.yaml`. It
-is the dynamic partitions definition `variant`, so a new variant appears without a code change;
-`register_variants` (the sensor, `pamap variants --register` and `pamap demo` use it) adds them
-to an instance. The dimension keeps the name `model`, so keys such as `holdout-106|feature_gbm`
-stay what they were before variants.
+(each registered model with its defaults, named after the model) and those of `experiments.yaml`.
+It is the dynamic partitions definition `variant`, so a new variant appears without a code change;
+`register_variants` (the sensor, `pamap variants --register` and `pamap demo` use it) adds them to
+an instance. The dimension keeps the name `model`, so keys such as `holdout-106|feature_gbm` stay
+what they were before variants.
 """
 
 from collections.abc import Iterable

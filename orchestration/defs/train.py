@@ -43,8 +43,7 @@ class TrainingConfig(dg.Config):
     `model_overrides` sets the architecture's own settings (its config dataclass in
     `ml_core/models/<model>.py`), e.g. `{hidden: 128}`, and `augment` the augmentation's
     (`ml_core.training.config.AugmentConfig`); an unknown key fails the run at once. A file
-    variant's own
-    settings override these; the rest apply to it as to any variant."""
+    variant's own settings override these; the rest apply to it as to any variant."""
 
     epochs: int = TrainConfig.epochs
     batch_size: int = TrainConfig.batch_size

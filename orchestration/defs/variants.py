@@ -2,8 +2,7 @@
 sensor that registers every variant of experiments.yaml (and the built-in ones).
 
 The sensor validates the whole file first (`ml_core.training.variants.load_variants`): on any
-problem it
-registers nothing and its tick shows every problem with file, line, variant and setting.
+problem it registers nothing and its tick shows every problem with file, line, variant and setting.
 """
 
 import os
