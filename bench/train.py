@@ -15,6 +15,7 @@ normalises it and builds the per-modality inputs and masks, and a
     uv run python bench/train.py --root DIR              # keep the prepared fold; reruns reuse it
     uv run python bench/train.py --device cpu cuda       # the same table on the GPU as well
     uv run python bench/train.py --device cuda --precision bf16 --compile
+    uv run python bench/train.py --no-augment            # without augmentation: the models alone
 
 On CUDA the fold's windows are moved to the GPU first (as `ml_core.training.train` does when
 they fit), so batches are gathered there; the baseline's DataLoader batches are copied from
@@ -46,7 +47,7 @@ from ml_core.data.folds import FOLD_NAMES, SPLITS, read_manifest
 from ml_core.data.shards import INDEX_NAME
 from ml_core.data.stats import load_feature_stats
 from ml_core.data.synthetic import SCALES, write_dataset
-from ml_core.data.windows import MODALITY_SLICES, Batch, WindowConfig, WindowData
+from ml_core.data.windows import MODALITY_SLICES, Batch, WindowConfig, WindowData, shard_segments
 from ml_core.io import load_torch
 from ml_core.models import create_model, get_spec, model_names
 from ml_core.paths import DataPaths
@@ -115,18 +116,23 @@ class PerWindowDataset(Dataset):
         self.std = torch.tensor([float(per_feature[c]["std"]) for c in MODEL_CHANNELS])
         self.window = config.window
         class_index = {a: i for i, a in enumerate(config.class_ids)}
-        shards: dict[str, Tensor] = {}
-        self.pieces: list[Tensor] = []  # one view per manifest range
+        shards: dict[str, dict[str, Tensor]] = {}
+        self.pieces: list[Tensor] = []  # one view per contiguous segment of a manifest range
         self.windows: list[tuple[int, int, int]] = []  # (piece, start row, class index)
         for r in read_manifest(paths.manifest(fold, split)):
             if r.activity not in class_index:
                 continue
             if r.path not in shards:
-                shards[r.path] = load_torch(paths.root / r.path)["data"]
-            piece = shards[r.path][r.start : r.end : config.decimate]
-            for start in range(0, piece.shape[0] - self.window + 1, config.stride):
-                self.windows.append((len(self.pieces), start, class_index[r.activity]))
-            self.pieces.append(piece)
+                shards[r.path] = load_torch(paths.root / r.path)
+            # Windows never span a time gap: cut them inside each segment, as training does.
+            for a, b in shard_segments(shards[r.path]).tolist():
+                a, b = max(a, r.start), min(b, r.end)
+                if b <= a:
+                    continue
+                piece = shards[r.path]["data"][a : b : config.decimate]
+                for start in range(0, piece.shape[0] - self.window + 1, config.stride):
+                    self.windows.append((len(self.pieces), start, class_index[r.activity]))
+                self.pieces.append(piece)
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -580,6 +586,11 @@ def main() -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument("--compile", action="store_true", help="torch.compile every model")
     parser.add_argument(
+        "--no-augment",
+        action="store_true",
+        help="time training without augmentation (to separate its cost from the model's)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         help="torch CPU threads (default: torch's own choice); 1 avoids thread contention "
@@ -613,7 +624,11 @@ def main() -> None:
                 DataPaths(root),
                 args.fold,
                 args.models,
-                TrainConfig(precision=args.precision, compile=args.compile),
+                TrainConfig(
+                    precision=args.precision,
+                    compile=args.compile,
+                    augment={"enabled": not args.no_augment},
+                ),
                 args.steps,
                 args.warmup,
             )
