@@ -115,14 +115,23 @@ def _mean_or_none(values: list[Any]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
+def _one_vs_rest(y_true: np.ndarray, k: int) -> tuple[np.ndarray, int, str | None]:
+    """Class `k`'s positives, their count, and why its curve is undefined (None if it is not)."""
+    positives = y_true == k
+    n_pos = int(positives.sum())
+    if n_pos == 0:
+        return positives, n_pos, "absent from y_true"
+    if n_pos == len(y_true):
+        return positives, n_pos, "no negatives in y_true"
+    return positives, n_pos, None
+
+
 def roc_curves(y_true: np.ndarray, probs: np.ndarray, names: list[str]) -> dict:
     """One-vs-rest ROC per class; null where the class has no positives or no negatives."""
     per_class = {}
     for k, name in enumerate(names):
-        positives = y_true == k
-        n_pos = int(positives.sum())
-        if n_pos == 0 or n_pos == len(y_true):
-            reason = "absent from y_true" if n_pos == 0 else "no negatives in y_true"
+        positives, n_pos, reason = _one_vs_rest(y_true, k)
+        if reason:
             per_class[name] = {"auc": None, "n_positive": n_pos, "reason": reason}
             continue
         fpr, tpr, _ = roc_curve(positives, probs[:, k])
@@ -146,10 +155,8 @@ def pr_curves(y_true: np.ndarray, probs: np.ndarray, names: list[str]) -> dict:
     negatives (with no negatives every ranking has precision 1: AP says nothing)."""
     per_class = {}
     for k, name in enumerate(names):
-        positives = y_true == k
-        n_pos = int(positives.sum())
-        if n_pos == 0 or n_pos == len(y_true):
-            reason = "absent from y_true" if n_pos == 0 else "no negatives in y_true"
+        positives, n_pos, reason = _one_vs_rest(y_true, k)
+        if reason:
             per_class[name] = {"average_precision": None, "n_positive": n_pos, "reason": reason}
             continue
         precision, recall, _ = precision_recall_curve(
