@@ -139,7 +139,7 @@ def run_pandas(paths: DataPaths) -> tuple[int, _Timer]:
         SPLITS,
         STRATIFIED_FRACTIONS,
         test_subject,
-        validation_subject,
+        validation_subjects,
     )
     from ml_core.data.impute import MAX_STEP_S
     from ml_core.data.schema import HEART_RATE_RANGE, IMU_FIELD_RANGES
@@ -288,7 +288,8 @@ def run_pandas(paths: DataPaths) -> tuple[int, _Timer]:
                     parts = cut(shard_row.rows, STRATIFIED_FRACTIONS)
                     splits = SPLITS if parts else ("train",)
                 else:
-                    held_out = {validation_subject(fold): "val", test_subject(fold): "test"}
+                    held_out = {v: "val" for v in validation_subjects(fold)}
+                    held_out[test_subject(fold)] = "test"
                     parts, splits = whole, (held_out.get(shard_row.subject, "train"),)
                 for split, (start, end) in zip(splits, parts or whole, strict=True):
                     lines[split].append(f"{shard_row.path},{start},{end}\n")

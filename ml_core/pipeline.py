@@ -24,6 +24,7 @@ from ml_core.data import folds as fold_lib
 from ml_core.data.columns import ACTIVITY_NAMES, MODEL_CHANNELS
 from ml_core.data.stats import load_feature_stats
 from ml_core.data.windows import WindowData
+from ml_core.evaluation.calibration import calibration_groups
 from ml_core.evaluation.evaluate import (
     check_bundle_complete,
     read_predictions,
@@ -253,8 +254,9 @@ def evaluate_fold_model(
     """Evaluate the latest training of `variant` (a built-in one is a model's name) on `fold`
     (every seed) on the test set.
 
-    Temperature scaling is fitted on the validation windows (a held-out person for LOSO and
-    holdout folds). Each seed's bundle goes to the MLflow run that trained it when that run
+    The temperature is chosen on the validation windows alone and applied only when it carries
+    from one validation group to another (`fit_temperature`): the two held-out people of a
+    LOSO fold, or the time halves of one person's windows elsewhere. Each seed's bundle goes to the MLflow run that trained it when that run
     is in this tracking store, otherwise to a new run. The first seed's numbers are the
     headline; `per_seed` has all of them.
     """
@@ -304,13 +306,15 @@ def _evaluate_one_seed(
             f"test set holds {len(present)} of {len(class_ids)} classes ({names}); "
             "macro F1 is over the classes present in the test labels"
         )
-    val_subject = fold_lib.validation_subject(fold)
+    val_subjects = list(fold_lib.validation_subjects(fold))
+    people = " and ".join(str(s) for s in val_subjects)
     notes.append(
         "validation (early stopping, best.pt, temperature) is within-subject"
-        if val_subject is None
-        else f"validation (early stopping, best.pt, temperature) is subject {val_subject}, "
+        if not val_subjects
+        else f"validation (early stopping, best.pt, temperature) is subject(s) {people}, "
         "held out from train and test"
     )
+    groups, group_names = calibration_groups(val.subjects.cpu().numpy(), val_y)
     out_dir = paths.evaluation_dir(fold, name, protocol_id, seed)
     summary = write_evaluation_bundle(
         out_dir,
@@ -320,6 +324,8 @@ def _evaluate_one_seed(
         title=f"{fold} / {name} / {protocol_id} / seed {seed}",
         val_logits=np.log(np.clip(val_probs, 1e-12, 1.0)),
         val_y=val_y,
+        val_groups=groups,
+        val_group_names=group_names,
         context={
             "fold": fold,
             "variant": name,
@@ -327,7 +333,7 @@ def _evaluate_one_seed(
             "variant_settings": variant["settings"],
             "seed": seed,
             "protocol": protocol.to_dict(),
-            "validation_subject": val_subject,
+            "validation_subjects": val_subjects,
             "notes": notes,
         },
     )

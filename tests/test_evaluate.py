@@ -15,6 +15,7 @@ from ml_core.data.columns import ACTIVITY_NAMES, PROTOCOL_ACTIVITIES
 from ml_core.evaluation.calibration import (
     T_MAX,
     T_MIN,
+    calibration_groups,
     expected_calibration_error,
     fit_temperature,
     nll_from_logits,
@@ -114,45 +115,88 @@ def test_reliability_table_bins() -> None:
     assert table["ece"] == pytest.approx(0.4)
 
 
+def two_people(
+    rng: np.random.Generator, scales: tuple[float, float], n: int = 3000, k: int = 6
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validation logits of two people: calibrated logits times each person's `scale`."""
+    parts = [calibrated(rng, n, k) for _ in scales]
+    logits = np.concatenate([scale * lg for scale, (lg, _) in zip(scales, parts, strict=True)])
+    y = np.concatenate([labels for _, labels in parts])
+    return logits, y, np.repeat([0, 1], n)
+
+
 def test_temperature_scaling_recovers_scale_and_reduces_nll() -> None:
-    rng = np.random.default_rng(1)
-    val_logits, val_y = calibrated(rng, 5000, 6)
-    overconfident = 2.0 * val_logits
-    fit = fit_temperature(overconfident, val_y)
-    temperature = fit.temperature
-    assert fit.applied and temperature == pytest.approx(2.0, rel=0.1)
+    # Both validation people are overconfident by 2: each one's T carries to the other.
+    logits, y, groups = two_people(np.random.default_rng(1), (2.0, 2.0))
+    fit = fit_temperature(logits, y, groups, ["subject 102", "subject 103"])
+    assert fit.applied and fit.temperature == pytest.approx(2.0, rel=0.1)
+    assert set(fit.group_temperatures) == {"subject 102", "subject 103"}
+    # The applied T is the fit nearest 1 of the two people's.
+    assert fit.temperature == min(fit.group_temperatures.values())
     assert fit.val_nll_after < fit.val_nll_before
-    assert nll_from_logits(overconfident, val_y, temperature) < nll_from_logits(
-        overconfident, val_y
-    )
-    # The fitted temperature is the minimum: nudging it either way does not help.
-    best = nll_from_logits(overconfident, val_y, temperature)
-    assert best <= nll_from_logits(overconfident, val_y, temperature * 1.05)
-    assert best <= nll_from_logits(overconfident, val_y, temperature / 1.05)
+    assert nll_from_logits(logits, y, fit.temperature) < nll_from_logits(logits, y)
 
 
-@pytest.mark.parametrize("scale", [0.05, 0.3, 1.0, 1.0001, 40.0])
-def test_temperature_scaling_never_worsens_validation_nll(scale: float) -> None:
-    rng = np.random.default_rng(4)
-    logits, y = calibrated(rng, 2000, 6)
-    fit = fit_temperature(scale * logits, y)
-    at_one = nll_from_logits(scale * logits, y)
-    assert fit.val_nll_before == pytest.approx(at_one)
-    assert nll_from_logits(scale * logits, y, fit.temperature) <= at_one
+@pytest.mark.parametrize(
+    "scales", [(0.05, 0.05), (0.3, 0.5), (1.0, 1.0), (2.0, 0.5), (3.0, 1.0), (40.0, 6.0)]
+)
+def test_temperature_scaling_never_worsens_validation_nll(scales: tuple[float, float]) -> None:
+    logits, y, groups = two_people(np.random.default_rng(4), scales, n=1500)
+    fit = fit_temperature(logits, y, groups)
+    assert fit.val_nll_before == pytest.approx(nll_from_logits(logits, y))
     assert T_MIN <= fit.temperature <= T_MAX
+    # Neither the pooled validation NLL nor either person's gets worse.
+    for rows in (groups >= 0, groups == 0, groups == 1):
+        at_one = nll_from_logits(logits[rows], y[rows])
+        assert nll_from_logits(logits[rows], y[rows], fit.temperature) <= at_one + 1e-12
     if not fit.applied:
-        assert fit.temperature == 1.0 and "kept T = 1" in fit.note
+        assert fit.temperature == 1.0 and fit.note.startswith("kept T = 1")
 
 
-def test_fit_temperature_keeps_one_when_no_temperature_helps() -> None:
-    # Calibrated logits: T = 1 is the optimum, so no other temperature lowers NLL.
-    rng = np.random.default_rng(5)
-    logits, y = calibrated(rng, 4000, 6)
+def test_fit_temperature_keeps_one_when_people_disagree() -> None:
+    # One person overconfident, the other underconfident: no temperature suits both.
+    logits, y, groups = two_people(np.random.default_rng(5), (2.0, 0.5))
+    fit = fit_temperature(logits, y, groups, ["subject 101", "subject 102"])
+    assert not fit.applied and fit.temperature == 1.0
+    assert "kept T = 1" in fit.note and "does not lower the NLL of subject" in fit.note
+    assert fit.group_temperatures["subject 101"] > 1.5 > 0.7 > fit.group_temperatures["subject 102"]
+
+
+def test_fit_temperature_keeps_one_when_a_fit_does_not_carry_to_the_other_person() -> None:
+    # Fitted on person 0 (T ~ 4), scaling would make well-calibrated person 1 too soft.
+    logits, y, groups = two_people(np.random.default_rng(6), (4.0, 1.0))
+    fit = fit_temperature(logits, y, groups)
+    assert not fit.applied and fit.temperature == 1.0
+    assert "fitted on group 0 does not lower the NLL of group 1" in fit.note
+    # Pooled, the same windows would have chosen a T well above 1: the old rule's answer.
+    assert nll_from_logits(logits, y, 2.0) < nll_from_logits(logits, y)
+
+
+def test_fit_temperature_needs_two_groups_to_apply() -> None:
+    logits, y, _ = two_people(np.random.default_rng(7), (3.0, 3.0))
     fit = fit_temperature(logits, y)
-    assert fit.temperature == pytest.approx(1.0, abs=0.05)
-    # Logits that are already far too soft would want T < T_MIN: clamped, never below.
-    soft = fit_temperature(0.05 * logits, y)
-    assert soft.applied and soft.temperature == pytest.approx(T_MIN, abs=1e-3)
+    assert not fit.applied and fit.temperature == 1.0
+    assert "one validation group" in fit.note and fit.val_nll_after == fit.val_nll_before
+
+
+def test_fit_temperature_stays_inside_its_bounds() -> None:
+    # Logits far too soft want T < T_MIN: the temperature is clamped, never below.
+    logits, y, groups = two_people(np.random.default_rng(8), (0.05, 0.05))
+    fit = fit_temperature(logits, y, groups)
+    assert fit.applied and fit.temperature == pytest.approx(T_MIN, abs=1e-3)
+    assert "at a search bound" in fit.note
+
+
+def test_calibration_groups_are_people_or_time_halves() -> None:
+    groups, names = calibration_groups(np.array([103, 102, 103, 102]), np.array([0, 0, 1, 1]))
+    assert groups.tolist() == [1, 0, 1, 0] and names == ["subject 102", "subject 103"]
+    # One person: each class's windows, in time order, split into a first and second half.
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 2])
+    groups, names = calibration_groups(np.full(8, 105), labels)
+    assert groups.tolist() == [0, 0, 1, 1, 0, 1, 1, 1]
+    assert names == ["subject 105, first half", "subject 105, second half"]
+    with pytest.raises(ValueError, match="differ in shape"):
+        calibration_groups(np.zeros(3), np.zeros(4))
 
 
 def test_fit_temperature_rejects_bad_labels() -> None:
@@ -175,6 +219,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, np.nda
         val_logits=2.5 * val_logits,
         val_y=val_y,
         test_logits=2.5 * logits,
+        val_groups=np.arange(len(val_y)) % 2,
+        val_group_names=["subject 102", "subject 103"],
     )
     return out, summary, y
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 import pytest
 
 from ml_core.data.columns import SUBJECTS
 from ml_core.data.folds import (
     FOLD_NAMES,
+    LOSO_VALIDATION_PEOPLE,
     SPLITS,
     ShardRange,
     build_fold,
@@ -16,14 +18,15 @@ from ml_core.data.folds import (
     check_stratified_coverage,
     check_subject_disjoint,
     load_shard_index,
-    loso_validation_subject,
+    loso_validation_subjects,
     read_fold,
     read_manifest,
     summarize_fold,
-    validation_subject,
+    validation_subjects,
     write_manifests,
 )
 from ml_core.data.shards import ShardInfo
+from ml_core.evaluation.protocol import EvaluationProtocol
 from ml_core.io import write_json
 from ml_core.paths import DataPaths
 
@@ -125,7 +128,9 @@ def test_loso_validates_on_a_person_disjoint_from_train_and_test(subject):
     ranges = build_fold(fold, shards, window=W)
     subjects = {split: {r.subject for r in ranges[split]} for split in SPLITS}
     assert subjects["test"] == {subject}
-    assert subjects["val"] == {loso_validation_subject(subject)} == {validation_subject(fold)}
+    people = loso_validation_subjects(subject)
+    assert len(people) == 2 and people == validation_subjects(fold)
+    assert subjects["val"] == set(people)
     assert subjects["val"].isdisjoint(subjects["train"] | subjects["test"])
     assert subject not in subjects["train"] and 109 not in subjects["val"]
     # Whole shards: every row of every subject is used exactly once.
@@ -140,22 +145,26 @@ def test_loso_validates_on_a_person_disjoint_from_train_and_test(subject):
     assert not check_subject_disjoint(val_from_train)[0]
 
 
-def test_validation_rotation_is_fixed_and_covers_101_to_108_once():
-    rotation = {s: loso_validation_subject(s) for s in SUBJECTS}
+def test_validation_rotation_is_fixed_and_covers_101_to_108_twice():
+    rotation = {s: loso_validation_subjects(s) for s in SUBJECTS}
     assert rotation == {
-        101: 102,
-        102: 103,
-        103: 104,
-        104: 105,
-        105: 106,
-        106: 107,
-        107: 108,
-        108: 101,
-        109: 101,
+        101: (102, 103),
+        102: (103, 104),
+        103: (104, 105),
+        104: (105, 106),
+        105: (106, 107),
+        106: (107, 108),
+        107: (108, 101),
+        108: (101, 102),
+        109: (101, 102),
     }
-    assert sorted(rotation[s] for s in SUBJECTS if s != 109) == list(range(101, 109))
-    assert validation_subject("holdout-106") == 105
-    assert validation_subject("stratified") is None
+    counts = Counter(v for s in SUBJECTS if s != 109 for v in rotation[s])
+    assert counts == {s: 2 for s in range(101, 109)}
+    # The protocol id records how many people validate each LOSO fold.
+    assert EvaluationProtocol(256, 128, 1, "protocol12", "weighted_ce", 6).loso_validation_people
+    assert LOSO_VALIDATION_PEOPLE == EvaluationProtocol.loso_validation_people == 2
+    assert validation_subjects("holdout-106") == (105,)
+    assert validation_subjects("stratified") == ()
     notes = summarize_fold("stratified", build_fold("stratified", all_subjects(), W), W).notes
     assert any("validation is within-subject" in n for n in notes)
 

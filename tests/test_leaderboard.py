@@ -185,11 +185,23 @@ def test_protocol_id_changes_with_every_field_but_not_the_seed() -> None:
         EvaluationProtocol(256, 128, 1, "protocol11", "weighted_ce", 6).id,
         EvaluationProtocol(256, 128, 1, "protocol12", "focal", 6).id,
         EvaluationProtocol(256, 128, 1, "protocol12", "weighted_ce", 7).id,
+        EvaluationProtocol(256, 128, 1, "protocol12", "weighted_ce", 6, 1).id,
     }
-    assert len(ids) == 7
+    assert len(ids) == 8
     assert EvaluationProtocol.from_dict(PROTOCOL.to_dict()) == PROTOCOL
     with pytest.raises(ValueError, match="does not match its fields"):
         EvaluationProtocol.from_dict({**PROTOCOL.to_dict(), "epochs": 9})
+
+
+def test_results_recorded_with_one_validation_person_keep_their_id() -> None:
+    # Session 14's full leaderboard (one validation person per LOSO fold) was p33fdc013,
+    # recorded before the protocol had a validation field.
+    legacy = {k: v for k, v in PROTOCOL.to_dict().items() if k != "loso_validation_people"}
+    legacy["id"] = "p33fdc013"
+    old = EvaluationProtocol.from_dict(legacy)
+    assert old.loso_validation_people == 1 and old.id == "p33fdc013"
+    assert PROTOCOL.loso_validation_people == 2 and PROTOCOL.id != old.id
+    assert "2 validation person(s) per LOSO fold" in PROTOCOL.describe()
 
 
 def test_invalid_results_are_rejected() -> None:

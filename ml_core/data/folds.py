@@ -88,26 +88,34 @@ def load_shard_index(paths: DataPaths, subjects: Iterable[int] | None = None) ->
     return shards
 
 
-def loso_validation_subject(test_subject: int) -> int:
-    """The validation subject of `loso-<test_subject>`: the next candidate after it, cyclically.
+# People who validate each LOSO fold. Two, so that a temperature fitted on one of them can be
+# checked on the other before it is applied to the test person (see
+# `ml_core.evaluation.calibration.fit_temperature`).
+LOSO_VALIDATION_PEOPLE = 2
 
-    The rotation is fixed (101→102, …, 107→108, 108→101, 109→101), so every LOSO fold
-    tunes early stopping, checkpoint choice and calibration on a person it neither trains
-    nor tests on, and each of 101–108 validates exactly one fold of 101–108.
+
+def loso_validation_subjects(test_subject: int) -> tuple[int, ...]:
+    """The validation subjects of `loso-<test_subject>`: the next candidates after it, cyclically.
+
+    The rotation is fixed (101→102+103, …, 107→108+101, 108→101+102, 109→101+102), so every
+    LOSO fold tunes early stopping, checkpoint choice and calibration on people it neither
+    trains nor tests on, and each of 101–108 validates exactly two folds of 101–108.
     """
     if test_subject not in SUBJECTS:
         raise ValueError(f"unknown subject {test_subject}; expected one of {SUBJECTS}")
-    later = [s for s in VALIDATION_CANDIDATES if s > test_subject]
-    return (later or [s for s in VALIDATION_CANDIDATES if s != test_subject])[0]
+    others = [s for s in VALIDATION_CANDIDATES if s != test_subject]
+    later = [s for s in others if s > test_subject]
+    ordered = later + [s for s in others if s < test_subject]
+    return tuple(ordered[:LOSO_VALIDATION_PEOPLE])
 
 
-def validation_subject(fold: str) -> int | None:
-    """The held-out validation subject of a fold; None for `stratified` (within-subject)."""
+def validation_subjects(fold: str) -> tuple[int, ...]:
+    """The held-out validation subjects of a fold; empty for `stratified` (within-subject)."""
     if fold in ("holdout-106", DEPLOY_FOLD):
-        return HOLDOUT_VAL_SUBJECT
+        return (HOLDOUT_VAL_SUBJECT,)
     if fold.startswith("loso-"):
-        return loso_validation_subject(int(fold.removeprefix("loso-")))
-    return None
+        return loso_validation_subjects(int(fold.removeprefix("loso-")))
+    return ()
 
 
 def test_subject(fold: str) -> int | None:
@@ -150,8 +158,8 @@ def build_fold(
     - stratified: every shard cut 70/15/15 in time with one-window gaps; shards too short
       for every part to hold a window go wholly to train.
     - holdout-106: validate on subject 105, test on 106, train on the rest (whole shards).
-    - loso-<id>: test on every shard of <id>, validate on every shard of the fold's
-      validation subject (`loso_validation_subject`), train on the rest (whole shards).
+    - loso-<id>: test on every shard of <id>, validate on every shard of the fold's two
+      validation subjects (`loso_validation_subjects`), train on the rest (whole shards).
     - all-subjects (DEPLOY_FOLD): validate on subject 105, train on everyone else, no test.
     An empty split is an error (but the deployment fold's test): the fold could not be trained
     or evaluated.
@@ -165,7 +173,7 @@ def build_fold(
         raise ValueError(f"fold {fold}: a shard is listed twice")
 
     splits: dict[str, list[ShardRange]] = {split: [] for split in SPLITS}
-    held_out = {validation_subject(fold): "val", test_subject(fold): "test"}
+    held_out = {s: "val" for s in validation_subjects(fold)} | {test_subject(fold): "test"}
     for shard in sorted(shards, key=lambda s: (s.subject, s.activity, s.path)):
         if fold == "stratified":
             parts = _cut(shard, STRATIFIED_FRACTIONS, window)
@@ -214,9 +222,8 @@ def _fold_notes(
                 f"parts and gaps went wholly to train (subject/activity): {names}"
             )
     else:
-        notes.append(
-            f"{fold}: validation subject {validation_subject(fold)} is disjoint from train and test"
-        )
+        people = " and ".join(str(s) for s in validation_subjects(fold))
+        notes.append(f"{fold}: validation subject(s) {people} disjoint from train and test")
 
     if fold != "stratified":
         unseen = sorted(

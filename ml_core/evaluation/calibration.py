@@ -11,7 +11,7 @@ import numpy as np
 # person ever justified here (the old 0.05 floor was hit when validation was seen people);
 # above 10 every prediction is close to uniform.
 T_MIN, T_MAX = 0.5, 10.0
-# A fitted temperature is used only when it lowers validation NLL by more than this.
+# A temperature passes the cross-check only when it lowers another group's NLL by more than this.
 MIN_NLL_GAIN = 1e-6
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
@@ -61,37 +61,107 @@ def nll_from_probs(probs: np.ndarray, y: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class TemperatureFit:
-    """A fitted temperature and the validation NLL it was chosen on."""
+    """The temperature applied to test logits, and the validation evidence behind it."""
 
-    temperature: float  # 1.0 when scaling did not lower validation NLL
+    temperature: float  # 1.0 when the cross-check did not support scaling
     applied: bool
-    val_nll_before: float  # at T = 1
-    val_nll_after: float  # at `temperature`
+    val_nll_before: float  # all validation windows, at T = 1
+    val_nll_after: float  # all validation windows, at `temperature`
+    group_temperatures: dict[str, float]  # T fitted on each validation group alone
     note: str
 
 
-def fit_temperature(logits: np.ndarray, y: np.ndarray, iterations: int = 80) -> TemperatureFit:
-    """Temperature T in [T_MIN, T_MAX] minimising validation NLL of softmax(logits / T).
+def calibration_groups(subjects: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Split validation windows into the groups `fit_temperature` cross-checks on.
 
-    When the best T does not lower validation NLL below T = 1's, T stays 1 and the note
-    says so: scaling can then never make validation NLL worse.
+    With two or more validation people the groups are the people: a temperature must carry
+    from one person to another, as it must carry from validation to the test person. With one
+    (holdout-106, stratified), each class's windows in time order are cut into a first and a
+    second half: a weaker check, on one person, that each report names.
+    Windows are assumed in time order within a class, as `WindowData` yields them.
+    """
+    subjects = np.asarray(subjects)
+    labels = np.asarray(labels)
+    if subjects.shape != labels.shape:
+        raise ValueError(f"subjects {subjects.shape} and labels {labels.shape} differ in shape")
+    people = np.unique(subjects)
+    if len(people) > 1:
+        index = np.searchsorted(people, subjects)
+        return index, [f"subject {int(p)}" for p in people]
+    groups = np.zeros(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        groups[rows[len(rows) // 2 :]] = 1
+    who = f"subject {int(people[0])}" if len(people) else "validation"
+    return groups, [f"{who}, first half", f"{who}, second half"]
+
+
+def fit_temperature(
+    logits: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray | None = None,
+    group_names: list[str] | None = None,
+    iterations: int = 80,
+) -> TemperatureFit:
+    """The temperature to apply to test logits, chosen on validation alone.
+
+    The rule, fixed before the run that measured it (issue 7; README "Calibration"):
+    1. Fit T_g in [T_MIN, T_MAX] by minimising NLL on each validation group g alone.
+    2. Cross-check: every T_g must lower the NLL of every other group below its T = 1 value,
+       and all T_g must lie on the same side of 1 (all soften or all sharpen).
+    3. If it passes, apply the T_g nearest 1 (in log T): the smallest change every group
+       supports. Otherwise keep T = 1, and the note says which check failed.
+    A single group (or none given) cannot be cross-checked: T stays 1. So a temperature is
+    used only when it carried from one held-out group to another.
     """
     logits, y = _check_scores(logits, y, "logits")
+    groups = np.zeros(len(y), dtype=np.int64) if groups is None else np.asarray(groups)
+    if groups.shape != y.shape:
+        raise ValueError(f"groups must have shape {y.shape}, got {groups.shape}")
+    ids = list(np.unique(groups))
+    names = group_names or [f"group {g}" for g in ids]
+    if len(names) != len(ids):
+        raise ValueError(f"{len(group_names or [])} group names for {len(ids)} groups")
     before = nll_from_logits(logits, y, 1.0)
-    best = _search_temperature(logits, y, iterations)
-    after = nll_from_logits(logits, y, best)
-    bound = " (at a search bound)" if min(abs(best - T_MIN), abs(best - T_MAX)) < 1e-3 else ""
-    if after < before - MIN_NLL_GAIN:
-        note = (
-            f"T = {best:.3f}{bound} fitted on {len(y)} validation windows lowers validation "
-            f"NLL {before:.4f} -> {after:.4f}"
-        )
-        return TemperatureFit(best, True, before, after, note)
+
+    def kept(reason: str, fitted: dict[str, float]) -> TemperatureFit:
+        return TemperatureFit(1.0, False, before, before, fitted, f"kept T = 1: {reason}")
+
+    if len(ids) < 2:
+        return kept("one validation group, nothing to cross-check a temperature on", {})
+    members = [groups == g for g in ids]
+    fitted: dict[str, float] = {}
+    temperatures = []
+    for name, rows in zip(names, members, strict=True):
+        t = _search_temperature(logits[rows], y[rows], iterations)
+        fitted[name] = t
+        temperatures.append(t)
+    for i, t in enumerate(temperatures):
+        for j, rows in enumerate(members):
+            if i == j:
+                continue
+            at_one = nll_from_logits(logits[rows], y[rows], 1.0)
+            at_t = nll_from_logits(logits[rows], y[rows], t)
+            if not at_t < at_one - MIN_NLL_GAIN:
+                return kept(
+                    f"T = {t:.3f} fitted on {names[i]} does not lower the NLL of {names[j]} "
+                    f"({at_one:.4f} -> {at_t:.4f})",
+                    fitted,
+                )
+    if len({t > 1.0 for t in temperatures}) > 1:
+        return kept(f"the groups disagree on the direction ({_describe(fitted)})", fitted)
+    chosen = min(temperatures, key=lambda t: abs(math.log(t)))
+    after = nll_from_logits(logits, y, chosen)
+    bound = " (at a search bound)" if min(abs(chosen - T_MIN), abs(chosen - T_MAX)) < 1e-3 else ""
     note = (
-        f"kept T = 1: the best T in [{T_MIN:g}, {T_MAX:g}] ({best:.3f}) does not lower "
-        f"validation NLL ({before:.4f})"
+        f"T = {chosen:.3f}{bound}: the fit nearest 1 of {_describe(fitted)}, each of which "
+        f"lowers the other groups' NLL; validation NLL {before:.4f} -> {after:.4f}"
     )
-    return TemperatureFit(1.0, False, before, before, note)
+    return TemperatureFit(chosen, True, before, after, fitted, note)
+
+
+def _describe(fitted: dict[str, float]) -> str:
+    return ", ".join(f"T = {t:.3f} on {name}" for name, t in fitted.items())
 
 
 def _search_temperature(logits: np.ndarray, y: np.ndarray, iterations: int) -> float:

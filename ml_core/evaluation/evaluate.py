@@ -306,11 +306,13 @@ def _calibration(
     val_logits: np.ndarray | None,
     val_y: np.ndarray | None,
     test_logits: np.ndarray | None,
+    val_groups: np.ndarray | None,
+    val_group_names: list[str] | None,
 ) -> tuple[dict, dict[str, dict]]:
     """Calibration summary and reliability tables, before and (with val logits) after scaling.
 
     ECE and NLL before and after are both measured on the test set; the temperature is
-    fitted on validation only.
+    chosen on validation only, cross-checked between `val_groups` (`fit_temperature`).
     """
     before = reliability_table(probs, y_true)
     summary: dict[str, Any] = {
@@ -329,13 +331,14 @@ def _calibration(
     test_logits = np.asarray(test_logits, dtype=np.float64)
     if test_logits.shape != probs.shape:
         raise ValueError(f"test_logits shape {test_logits.shape} != probs shape {probs.shape}")
-    fit = fit_temperature(val_logits, val_y)
+    fit = fit_temperature(val_logits, val_y, val_groups, val_group_names)
     after = reliability_table(softmax(test_logits, fit.temperature), y_true)
     summary |= {
         "temperature": fit.temperature,
         "temperature_applied": fit.applied,
         "temperature_note": fit.note,
         "fitted_on": f"validation logits ({len(val_y)} windows)",
+        "group_temperatures": fit.group_temperatures,
         "val_nll_before": fit.val_nll_before,
         "val_nll_after": fit.val_nll_after,
         "ece_after": after["ece"],
@@ -355,11 +358,14 @@ def write_evaluation_bundle(
     val_y: np.ndarray | None = None,
     test_logits: np.ndarray | None = None,
     context: dict[str, Any] | None = None,
+    val_groups: np.ndarray | None = None,
+    val_group_names: list[str] | None = None,
 ) -> dict:
     """Write every file of BUNDLE_FILES into `out_dir` (atomically) and return the summary.
 
     `probs` are test-set class probabilities (n, K); `y_true` indexes `class_ids`. With
-    `val_logits` / `val_y`, a temperature is fitted on validation and the test calibration
+    `val_logits` / `val_y`, a temperature is chosen on validation, cross-checked between
+    `val_groups` (named by `val_group_names`; see `fit_temperature`), and the test calibration
     is reported before and after scaling (`test_logits` default to log `probs`). `context`
     (fold, model, seed, protocol, notes) is stored at the top of `summary_metrics.json`.
     """
@@ -381,7 +387,9 @@ def write_evaluation_bundle(
     )
     roc = roc_curves(y_true, probs, names)
     pr = pr_curves(y_true, probs, names)
-    calibration, tables = _calibration(y_true, probs, val_logits, val_y, test_logits)
+    calibration, tables = _calibration(
+        y_true, probs, val_logits, val_y, test_logits, val_groups, val_group_names
+    )
 
     present = metrics["classes_in_y_true"]
     summary = {

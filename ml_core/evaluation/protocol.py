@@ -26,7 +26,14 @@ PROTOCOL_FIELDS: tuple[str, ...] = (
     "class_set",
     "loss",
     "epochs",
+    "loso_validation_people",
 )
+# A protocol field's value before the field existed: at that value it is left out of the id,
+# so results recorded earlier keep their ids (and parse when the field is missing).
+LEGACY_VALUES: dict[str, Any] = {"loso_validation_people": 1}
+# People who validate each LOSO fold (`ml_core.data.folds.LOSO_VALIDATION_PEOPLE`; kept here as
+# a value so this module stays free of the data stack, and checked equal by a test).
+LOSO_VALIDATION_PEOPLE = 2
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,7 @@ class EvaluationProtocol:
     class_set: str
     loss: str
     epochs: int
+    loso_validation_people: int = LOSO_VALIDATION_PEOPLE  # early stopping and calibration
 
     @classmethod
     def of(cls, config: Any) -> EvaluationProtocol:
@@ -61,7 +69,8 @@ class EvaluationProtocol:
     @property
     def id(self) -> str:
         """`p` + 8 hex digits of the SHA-256 of the fields: short, stable, a valid folder name."""
-        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        fields = {k: v for k, v in asdict(self).items() if LEGACY_VALUES.get(k, object()) != v}
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return "p" + hashlib.sha256(canonical.encode()).hexdigest()[:8]
 
     def describe(self) -> str:
@@ -70,7 +79,8 @@ class EvaluationProtocol:
         return (
             f"protocol {self.id}: {self.window}-sample windows ({self.window_s:g} s), stride "
             f"{self.stride} ({self.stride_s:g} s), {self.sampling_rate_hz:g} Hz, class set "
-            f"{self.class_set} ({len(classes)} classes), loss {self.loss}, {self.epochs} epochs"
+            f"{self.class_set} ({len(classes)} classes), loss {self.loss}, {self.epochs} epochs, "
+            f"{self.loso_validation_people} validation person(s) per LOSO fold"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,7 +98,9 @@ class EvaluationProtocol:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EvaluationProtocol:
         """Inverse of `to_dict`; a recorded id that does not match its fields is an error."""
-        protocol = cls(**{k: values[k] for k in PROTOCOL_FIELDS})
+        protocol = cls(
+            **{k: values[k] if k in values else LEGACY_VALUES[k] for k in PROTOCOL_FIELDS}
+        )
         if "id" in values and values["id"] != protocol.id:
             raise ValueError(
                 f"protocol id {values['id']!r} does not match its fields (expected {protocol.id})"

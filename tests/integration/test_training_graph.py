@@ -184,7 +184,7 @@ def test_every_result_records_its_protocol(
     assert history["protocol"] == protocol and protocol["id"] == model_dir.parent.name
     assert (protocol["window"], protocol["stride"], protocol["sampling_rate_hz"]) == (256, 128, 100)
     assert (protocol["window_s"], protocol["epochs"], summary["seed"]) == (2.56, 2, 0)
-    assert summary["validation_subject"] == 105
+    assert summary["validation_subjects"] == [105]
     client = MlflowClient(tracking_uri=tracking_uri)
     (run,) = client.search_runs(
         [client.get_experiment_by_name("pamap2").experiment_id],  # type: ignore[union-attr]
