@@ -249,7 +249,8 @@ def evaluation_bundle(
 ) -> dg.MaterializeResult:
     """Test-set metrics of the best checkpoint: summary metrics, classification report,
     confusion matrix, ROC and PR curves, and a reliability diagram with expected calibration
-    error before and after temperature scaling fitted on validation. Logged to the model's
+    error before and after temperature scaling (chosen on validation, applied only when it
+    carries from one validation person to the other; the notes say which). Logged to the model's
     MLflow run. Written to `data/evaluation/<fold>/<variant>/<protocol id>/seed-<seed>/`."""
     from ml_core import pipeline
 

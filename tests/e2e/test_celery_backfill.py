@@ -40,7 +40,7 @@ from tests.e2e.conftest import (
 pytestmark = pytest.mark.slow
 
 JOB = "celery_training_job"
-SUBJECTS = ("101", "102", "103")
+SUBJECTS = ("101", "102", "103", "104")  # loso-101 validates on 102 and 103, trains on 104
 FOLDS = ("stratified", "loso-101")
 MODELS = ("feature_gbm", "early_fusion")
 FLAKY = ("stratified", "early_fusion")  # fails once after FLAKY_STEPS optimizer steps

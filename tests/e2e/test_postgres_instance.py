@@ -42,8 +42,9 @@ pytestmark = pytest.mark.postgres
 
 DEPLOY_YAML = REPO_ROOT / "deploy" / "dagster.postgres.yaml"
 DB_NAME = "dagster"
-SUBJECTS = ("101", "102")
-QUEUED_SUBJECT = "103"  # ingested by the daemon; loso-101 validates on 102 and trains on 103
+SUBJECTS = ("101", "102", "103")
+# Ingested by the daemon; loso-101 validates on 102 and 103 and trains on 104.
+QUEUED_SUBJECT = "104"
 RUN_TIMEOUT_S = 300
 FOLDS = ("stratified", "loso-101")
 TRAINED = dg.MultiPartitionKey({"fold": "stratified", "model": "feature_gbm"})
