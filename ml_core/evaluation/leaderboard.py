@@ -332,8 +332,11 @@ NOTES = [
     "Protocol data is rope jumping only, so its macro F1 is over one class.",
     "Pooled LOSO: every LOSO test window (loso-109 included) in one confusion matrix, macro F1 "
     "over every class present; 95 % CI from a bootstrap that resamples test subjects.",
-    "Validation: LOSO folds validate on a different held-out person (fixed rotation, never "
-    "109), holdout-106 on 105; stratified validates within-subject.",
+    "Validation: LOSO folds validate on held-out people, disjoint from train and test (fixed "
+    "rotation, never 109; how many per fold is in the protocol line), holdout-106 on 105; "
+    "stratified validates within-subject. A temperature is applied only when it carries from "
+    "one validation group to another (the two people of a LOSO fold, otherwise the time halves "
+    "of one person's windows).",
     "Ranked: only complete entries (every fold of the protocol's reference set), by pooled "
     "LOSO macro F1. Incomplete entries are listed below, unranked.",
     "vs best: mean per-fold macro F1 difference from the rank-1 entry over shared LOSO folds "
