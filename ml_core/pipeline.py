@@ -256,9 +256,9 @@ def evaluate_fold_model(
 
     The temperature is chosen on the validation windows alone and applied only when it carries
     from one validation group to another (`fit_temperature`): the two held-out people of a
-    LOSO fold, or the time halves of one person's windows elsewhere. Each seed's bundle goes to the MLflow run that trained it when that run
-    is in this tracking store, otherwise to a new run. The first seed's numbers are the
-    headline; `per_seed` has all of them.
+    LOSO fold, or the time halves of one person's windows elsewhere. Each seed's bundle goes to
+    the MLflow run that trained it when that run is in this tracking store, otherwise to a new
+    run. The first seed's numbers are the headline; `per_seed` has all of them.
     """
     latest = read_latest_training(paths.model_root(fold, variant))
     # Trained before variants were recorded: a built-in variant, named after its model.
