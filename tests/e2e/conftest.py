@@ -35,8 +35,9 @@ from orchestration.defs.partitions import register_variants
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 VENV_BIN = Path(sys.executable).parent
-# Enough subjects for a stratified fold, a LOSO fold and one partition left to launch from the UI.
-E2E_SUBJECTS = (101, 102, 103)
+# Enough subjects for a stratified fold, a LOSO fold (one test, two validation and one training
+# person) and one partition left to launch from the UI.
+E2E_SUBJECTS = (101, 102, 103, 104)
 
 
 def free_port() -> int:
