@@ -97,8 +97,8 @@ CODE_VERSIONS: dict[str, str] = {
     "trained_model": "5",
     "evaluation_bundle": "4",
     "leaderboard": "4",
-    "activity_timeline": "2",
-    "inbox_timeline": "2",
+    "activity_timeline": "3",
+    "inbox_timeline": "3",
     "champion_model": "4",
 }
 
