@@ -176,7 +176,7 @@ def _train_one_seed(
                     "model": model_name,
                     "fold": fold,
                     **config.to_dict(),
-                    **{f"protocol_{k}": v for k, v in protocol.to_dict().items()},
+                    **protocol.to_params(),
                 }
             )
             tracker.log_datasets(fold_datasets(paths, fold))

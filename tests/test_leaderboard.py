@@ -204,6 +204,18 @@ def test_results_recorded_with_one_validation_person_keep_their_id() -> None:
     assert "2 validation person(s) per LOSO fold" in PROTOCOL.describe()
 
 
+def test_a_protocol_reads_back_from_mlflow_params_old_and_new() -> None:
+    # MLflow stores every param as a string; serving rebuilds the protocol from them.
+    params = {k: str(v) for k, v in PROTOCOL.to_params().items()}
+    assert EvaluationProtocol.from_params(params) == PROTOCOL
+    # A run logged before `loso_validation_people` existed (the champion of an older session).
+    legacy = {k: v for k, v in params.items() if k != "protocol_loso_validation_people"}
+    legacy["protocol_id"] = "p33fdc013"
+    assert EvaluationProtocol.from_params(legacy).loso_validation_people == 1
+    with pytest.raises(ValueError, match="does not match its fields"):
+        EvaluationProtocol.from_params({**params, "protocol_window": "512"})
+
+
 def test_invalid_results_are_rejected() -> None:
     rng = np.random.default_rng(7)
     good = result("lstm", "stratified", 0.7, rng)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ LEGACY_VALUES: dict[str, Any] = {"loso_validation_people": 1}
 # People who validate each LOSO fold (`ml_core.data.folds.LOSO_VALIDATION_PEOPLE`; kept here as
 # a value so this module stays free of the data stack, and checked equal by a test).
 LOSO_VALIDATION_PEOPLE = 2
+PARAM_PREFIX = "protocol_"
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,21 @@ class EvaluationProtocol:
                 f"protocol id {values['id']!r} does not match its fields (expected {protocol.id})"
             )
         return protocol
+
+    def to_params(self) -> dict[str, Any]:
+        """`to_dict` as MLflow run params, each key prefixed `protocol_`."""
+        return {f"{PARAM_PREFIX}{k}": v for k, v in self.to_dict().items()}
+
+    @classmethod
+    def from_params(cls, params: dict[str, str]) -> EvaluationProtocol:
+        """Inverse of `to_params` (MLflow returns every param as a string); a run logged before
+        a field existed lacks its param and reads as that field's legacy value."""
+        integers = {f.name for f in fields(cls) if f.type in ("int", int)}
+        values: dict[str, Any] = {}
+        for key in (*PROTOCOL_FIELDS, "id"):
+            if (text := params.get(f"{PARAM_PREFIX}{key}")) is not None:
+                values[key] = int(text) if key in integers else text
+        return cls.from_dict(values)
 
 
 @dataclass(frozen=True)

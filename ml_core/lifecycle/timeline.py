@@ -293,12 +293,7 @@ def load_registered_model(
             "materialize champion_model first"
         ) from exc
     params = client.get_run(str(version.run_id)).data.params
-    integer_fields = ("window", "stride", "decimate", "epochs", "loso_validation_people")
-    # Runs logged before a protocol field existed lack its param; `from_dict` fills it in.
-    protocol = EvaluationProtocol.from_dict(
-        {k: int(params[f"protocol_{k}"]) for k in integer_fields if f"protocol_{k}" in params}
-        | {k: params[f"protocol_{k}"] for k in ("class_set", "loss", "id")}
-    )
+    protocol = EvaluationProtocol.from_params(params)
     mlflow.set_tracking_uri(tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
 
