@@ -96,7 +96,7 @@ CODE_VERSIONS: dict[str, str] = {
     "feature_stats": "1",
     "trained_model": "5",
     "evaluation_bundle": "4",
-    "leaderboard": "4",
+    "leaderboard": "5",
     "activity_timeline": "3",
     "inbox_timeline": "3",
     "champion_model": "4",

@@ -9,7 +9,6 @@ content, a bumped code version). `--force` redoes everything.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -134,35 +133,6 @@ def _trained_under(paths: DataPaths, fold: str, model: str, protocol_id: str) ->
     )
 
 
-def print_evaluation_summary(board: dict) -> None:
-    """Per variant, over its LOSO results: validation vs test macro F1 (how much checkpoint
-    choice on a held-out person overstates the test person) and test calibration before and
-    after temperature scaling."""
-    for section in board["protocols"]:
-        print(f"\nLOSO results under {section['protocol']['description']}:")
-        header = (
-            f"  {'variant':<26}{'n':>3}  {'val F1':>7}  {'test F1':>7}  {'ECE before':>10}"
-            f"  {'ECE after':>9}  {'NLL before':>10}  {'NLL after':>9}  NLL +>10%  T applied"
-        )
-        print(header)
-        for row in section["rows"]:
-            c = row["calibration"]
-            if not c["n_results"]:
-                continue
-
-            def cell(key: str, width: int, c: dict = c) -> str:
-                value = c[key]
-                return f"{'–':>{width}}" if value is None else f"{value:>{width}.3f}"
-
-            print(
-                f"  {row['variant']:<26}{c['n_results']:>3}  {cell('val_macro_f1_mean', 7)}  "
-                f"{cell('test_macro_f1_mean', 7)}  {cell('ece_before_mean', 10)}  "
-                f"{cell('ece_after_mean', 9)}  {cell('nll_before_mean', 10)}  "
-                f"{cell('nll_after_mean', 9)}  {c['n_nll_worse_10pct']:>9}  "
-                f"{c['n_temperature_applied']:>9}"
-            )
-
-
 def run_demo(
     data_root: Path,
     models: Sequence[str] | None = None,
@@ -281,7 +251,6 @@ def run_demo(
     total = time.perf_counter() - began
 
     print("\n" + board)
-    print_evaluation_summary(json.loads((paths.reports / "leaderboard.json").read_text()))
     orchestrated = total - synth_s  # wall time of everything but writing the synthetic files
     overhead = max(orchestrated - timing.step_s, 0.0)
     print(

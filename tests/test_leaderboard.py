@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -214,6 +215,31 @@ def test_a_protocol_reads_back_from_mlflow_params_old_and_new() -> None:
     assert EvaluationProtocol.from_params(legacy).loso_validation_people == 1
     with pytest.raises(ValueError, match="does not match its fields"):
         EvaluationProtocol.from_params({**params, "protocol_window": "512"})
+
+
+def test_calibration_over_loso_results_counts_each_worse_test_person() -> None:
+    rng = np.random.default_rng(11)
+    results = [result("lstm", f, 0.7, rng) for f in ALL_FOLDS]
+    worse = {"ece_before": 0.1, "ece_after": 0.3, "nll_before": 0.5, "nll_after": 0.56}
+    # +12 % on one LOSO person counts; the same on stratified (not a LOSO result) does not.
+    results = [
+        dataclasses.replace(r, calibration={**worse, "temperature_applied": True})
+        if r.fold in ("loso-103", "stratified")
+        else r
+        for r in results
+    ]
+    summary = entry(build_leaderboard(results), "lstm")["calibration"]
+    assert summary["n_results"] == 9
+    assert summary["n_nll_worse_10pct"] == 1 and summary["n_temperature_applied"] == 1
+    assert summary["ece_after_mean"] == pytest.approx((8 * 0.1 + 0.3) / 9)
+    assert summary["nll_before_mean"] == pytest.approx((8 * 1.0 + 0.5) / 9)
+    text = leaderboard_markdown(build_leaderboard(results), "t")
+    rows = [line for line in text.splitlines() if line.startswith("| lstm | 9 |")]
+    assert rows == [
+        "| lstm | 9 | 0.900 | "
+        + f"{summary['test_macro_f1_mean']:.3f}"
+        + " | 0.189 → 0.122 | 0.944 → 0.862 | 1 | 1 |"
+    ]
 
 
 def test_invalid_results_are_rejected() -> None:

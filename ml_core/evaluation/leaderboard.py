@@ -455,9 +455,44 @@ def sweep_summary_lines(summary: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def _calibration_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Per variant over its LOSO results: validation vs test macro F1 (whether the held-out
+    validation people predict the test person) and test calibration before and after the
+    temperature."""
+    rows = [e for e in rows if e["calibration"]["n_results"]]
+    if not rows:
+        return []
+    header = [
+        "variant",
+        "LOSO results",
+        "mean val macro F1",
+        "mean test macro F1",
+        "test ECE before → after",
+        "test NLL before → after",
+        "test NLL +>10 %",
+        "T applied",
+    ]
+    table = [
+        [
+            e["variant"],
+            str(c["n_results"]),
+            _f(c["val_macro_f1_mean"]),
+            _f(c["test_macro_f1_mean"]),
+            f"{_f(c['ece_before_mean'])} → {_f(c['ece_after_mean'])}",
+            f"{_f(c['nll_before_mean'])} → {_f(c['nll_after_mean'])}",
+            str(c["n_nll_worse_10pct"]),
+            str(c["n_temperature_applied"]),
+        ]
+        for e in rows
+        for c in [e["calibration"]]
+    ]
+    intro = "Validation against test, and calibration on the test set, over the LOSO results:"
+    return [intro, "", *_table(header, table), ""]
+
+
 def leaderboard_markdown(board: dict[str, Any], title: str) -> str:
-    """One section per protocol (its description, the ranked table, the per-fold table), then
-    the sweep summary."""
+    """One section per protocol (its description, the ranked table, the per-fold table, the
+    validation and calibration table), then the sweep summary."""
     lines = [f"# {title}", ""]
     if not board["protocols"]:
         lines += ["No evaluated models yet.", ""]
@@ -473,6 +508,7 @@ def leaderboard_markdown(board: dict[str, Any], title: str) -> str:
         ]
         lines += _table(["variant", *reference], per_fold)
         lines.append("")
+        lines += _calibration_lines(section["rows"])
         overridden = [e for e in section["rows"] if e["settings"]]
         if overridden:
             lines += ["Variant settings (overrides of the model's and the run's defaults):", ""]
