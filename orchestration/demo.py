@@ -20,7 +20,7 @@ from pathlib import Path
 import dagster as dg
 
 from ml_core.data.columns import SUBJECTS
-from ml_core.data.folds import FOLD_NAMES
+from ml_core.data.folds import FOLD_NAMES, SPLITS
 from ml_core.evaluation.protocol import EvaluationProtocol, read_latest_training
 from ml_core.models import model_names
 from ml_core.paths import DataPaths
@@ -121,6 +121,21 @@ def _to_redo(
     return list(chain) if force else staleness.to_redo(chain, partition)
 
 
+def _missing(outputs: Sequence[Path]) -> bool:
+    """Dagster's staleness reads the instance, not the disk: outputs deleted by hand (a clean
+    `data/` under the same instance) must be rebuilt too."""
+    return not all(p.exists() for p in outputs)
+
+
+def _ingest_outputs(paths: DataPaths, subject: int) -> list[Path]:
+    tables = [paths.table(stage, subject) for stage in INGEST_CHAIN[:-1]]
+    return [*tables, paths.shard_dir(subject), paths.tensor_shard_dir(subject)]
+
+
+def _prepare_outputs(paths: DataPaths, fold: str) -> list[Path]:
+    return [*(paths.manifest(fold, split) for split in SPLITS), paths.feature_stats(fold)]
+
+
 def _trained_under(paths: DataPaths, fold: str, model: str, protocol_id: str) -> bool:
     """The latest training of fold x model is under `protocol_id` and has been evaluated."""
     try:
@@ -199,7 +214,8 @@ def run_demo(
     for subject in SUBJECTS:
         if not paths.dat_file("protocol", subject).exists():
             continue
-        assets = _to_redo(staleness, INGEST_CHAIN, str(subject), force)
+        redo = force or _missing(_ingest_outputs(paths, subject))
+        assets = _to_redo(staleness, INGEST_CHAIN, str(subject), redo)
         if assets:
             _run(ingest, instance, timing, f"subject {subject}", assets, str(subject))
             ingested += 1
@@ -209,7 +225,8 @@ def run_demo(
     staleness = Staleness(instance, definitions)
     prepared = 0
     for fold in folds:
-        assets = _to_redo(staleness, PREPARE_CHAIN, fold, force)
+        redo = force or _missing(_prepare_outputs(paths, fold))
+        assets = _to_redo(staleness, PREPARE_CHAIN, fold, redo)
         if assets:
             _run(prepare, instance, timing, f"fold {fold}", assets, fold)
             prepared += 1
@@ -243,7 +260,8 @@ def run_demo(
     _say_if_up_to_date(trained)
 
     print("4/4 leaderboard")
-    if trained or _to_redo(Staleness(instance, definitions), ("leaderboard",), None, force):
+    redo = force or _missing([paths.reports / "leaderboard.md"])
+    if trained or _to_redo(Staleness(instance, definitions), ("leaderboard",), None, redo):
         _run(report, instance, timing, "leaderboard", ["leaderboard"])
     else:
         _say_if_up_to_date(0)

@@ -65,3 +65,13 @@ def test_demo_builds_everything_then_redoes_only_what_changed(tmp_path: Path) ->
     third = _demo(env, data_root)
     assert "subject 103" in third and "subject 104" not in third
     assert "holdout-106 x feature_gbm" in third and "leaderboard" in third
+
+    # The README's clean rerun: data/ removed, the instance kept. Dagster still reports every
+    # partition fresh (same content), so the demo must notice the missing files and rebuild.
+    shutil.rmtree(data_root)
+    fourth = _demo(env, data_root)
+    assert "writing the tiny-scale synthetic set" in fourth
+    assert "subject 109" in fourth and "fold holdout-106" in fourth and "fold loso-109" in fourth
+    assert "holdout-106 x feature_gbm" in fourth and "loso-109 x feature_gbm" in fourth
+    assert paths.manifest("holdout-106", "train").exists()
+    assert (paths.reports / "leaderboard.md").exists()
