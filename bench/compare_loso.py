@@ -23,14 +23,8 @@ import numpy as np
 import polars as pl
 
 from ml_core.data.columns import SUBJECTS
-from ml_core.evaluation.leaderboard import (
-    LOSO_APART,
-    STD_DDOF,
-    Result,
-    confusion_counts,
-    macro_f1_from_confusion,
-    pooled_loso,
-)
+from ml_core.evaluation.leaderboard import LOSO_APART, STD_DDOF, Result, pooled_loso
+from ml_core.evaluation.metrics import confusion_counts, macro_f1_from_confusion
 from ml_core.evaluation.protocol import EvaluationProtocol
 
 LOSO_FOLDS = [f"loso-{s}" for s in SUBJECTS]

@@ -3,8 +3,9 @@
 For each model and each LOSO fold (test on one subject, train and validate on the others, as the
 fold's manifests say) it trains with `ml_core.training.train.train_model` at the project's default
 `TrainConfig` (the same settings `pamap demo` uses), predicts the fold's test windows with the
-best checkpoint, and keeps the predictions. Pooled LOSO macro F1 = scikit-learn's macro F1 over
-all the folds' test predictions concatenated; the per-fold mean (109 apart, as the leaderboard
+best checkpoint, and keeps the predictions. Pooled LOSO macro F1 = the project's macro F1
+(`ml_core.evaluation.metrics`: over the classes present) of all the folds' test predictions
+concatenated; the per-fold mean (109 apart, as the leaderboard
 does) is printed beside it.
 
 Each (model, fold) result is written to `OUT/<model>/<fold>.json` as it finishes, so a killed
@@ -25,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score
 
 from ml_core.data import pipeline
 from ml_core.data.columns import SUBJECTS
@@ -34,6 +34,7 @@ from ml_core.data.shards import INDEX_NAME
 from ml_core.data.stats import load_feature_stats
 from ml_core.data.synthetic import SCALES, write_dataset
 from ml_core.data.windows import WindowData
+from ml_core.evaluation.metrics import macro_f1
 from ml_core.io import write_json
 from ml_core.models import model_names
 from ml_core.paths import DataPaths
@@ -85,7 +86,7 @@ def run_one(paths: DataPaths, model: str, fold: str, cfg: TrainConfig, out: Path
         "fold": fold,
         "y_true": [int(v) for v in y],
         "y_pred": [int(v) for v in probs.argmax(axis=1)],
-        "macro_f1": float(f1_score(y, probs.argmax(axis=1), average="macro", zero_division=0)),
+        "macro_f1": macro_f1(y, probs.argmax(axis=1)),
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "seconds": round(time.perf_counter() - started, 1),
@@ -128,7 +129,7 @@ def main() -> None:
             records.append(r)
         y_true = np.concatenate([r["y_true"] for r in records])
         y_pred = np.concatenate([r["y_pred"] for r in records])
-        pooled = float(f1_score(y_true, y_pred, average="macro", zero_division=0))
+        pooled = macro_f1(y_true, y_pred)
         per_fold = [r["macro_f1"] for r in records if r["fold"] != "loso-109"]
         seconds = sum(r["seconds"] for r in records)
         rows.append((model, pooled, np.mean(per_fold), np.std(per_fold), len(y_true), seconds))

@@ -33,6 +33,7 @@ from ml_core.evaluation.calibration import (
     reliability_table,
     softmax,
 )
+from ml_core.evaluation.metrics import macro_f1_from_confusion
 from ml_core.io import atomic_path, write_json, write_parquet, write_text
 
 BUNDLE_FILES: tuple[str, ...] = (
@@ -69,10 +70,10 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
     """Accuracy, macro / weighted F1, balanced accuracy and per-class recall.
 
-    Macro F1 averages over the classes present in y_true (scikit-learn's
-    `f1_score(..., labels=present, average="macro")`): on a test person who did only some
-    activities, predicting an absent class costs precision of the present ones but does not
-    add a zero-F1 class of its own. Balanced accuracy is over classes in y_true too; per-class
+    Macro F1 is the project's one metric (`ml_core.evaluation.metrics`, as in validation):
+    over the classes present in y_true, so on a test person who did only some activities,
+    predicting an absent class costs precision of the present ones but does not add a zero-F1
+    class of its own. Balanced accuracy is over classes in y_true too; per-class
     recall is None for absent classes.
     """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
@@ -94,7 +95,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
     f1 = 2.0 * tp / np.maximum(support + predicted, 1)
     return {
         "accuracy": float(tp.sum() / len(y_true)),
-        "macro_f1": float(f1[in_true].mean()),
+        "macro_f1": float(macro_f1_from_confusion(cm)),
         "weighted_f1": float((f1 * support).sum() / support.sum()),
         "balanced_accuracy": float(recall[in_true].mean()),
         "per_class_recall": [float(r) if k else None for r, k in zip(recall, in_true, strict=True)],

@@ -33,6 +33,7 @@ from matplotlib.figure import Figure
 from scipy.stats import wilcoxon
 
 from ml_core.data.folds import FOLD_NAMES
+from ml_core.evaluation.metrics import confusion_counts, macro_f1_from_confusion
 from ml_core.evaluation.protocol import EvaluationProtocol
 from ml_core.io import atomic_path, write_json, write_text
 
@@ -80,22 +81,6 @@ class Result:
         self.y_true, self.y_pred = np.asarray(self.y_true), np.asarray(self.y_pred)
         if self.y_true.shape != self.y_pred.shape or self.y_true.ndim != 1:
             raise ValueError(f"{where}: y_true and y_pred must be equal-length 1-D arrays")
-
-
-def macro_f1_from_confusion(cm: np.ndarray) -> np.ndarray:
-    """Macro F1 over the classes with support, for one (K, K) or a stack (..., K, K)."""
-    tp = np.diagonal(cm, axis1=-2, axis2=-1).astype(np.float64)
-    support, predicted = cm.sum(axis=-1), cm.sum(axis=-2)
-    f1 = 2.0 * tp / np.maximum(support + predicted, 1)
-    present = support > 0
-    return (f1 * present).sum(axis=-1) / np.maximum(present.sum(axis=-1), 1)
-
-
-def confusion_counts(y_true: np.ndarray, y_pred: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """(K, K) counts over the sorted label values `classes` (rows true, columns predicted)."""
-    k = len(classes)
-    t, p = np.searchsorted(classes, y_true), np.searchsorted(classes, y_pred)
-    return np.bincount(t * k + p, minlength=k * k).reshape(k, k)
 
 
 def pooled_loso(results: list[Result], resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, Any]:

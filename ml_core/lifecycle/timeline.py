@@ -36,7 +36,7 @@ from ml_core.data.columns import (
     SESSION,
     TIMESTAMP,
 )
-from ml_core.evaluation.leaderboard import confusion_counts, macro_f1_from_confusion
+from ml_core.evaluation.metrics import macro_f1
 from ml_core.evaluation.protocol import EvaluationProtocol
 from ml_core.io import atomic_path, write_parquet
 
@@ -152,12 +152,9 @@ def smooth(
     return out
 
 
-def macro_f1(true: np.ndarray, pred: np.ndarray) -> float | None:
-    """Macro F1 over the classes present in `true` (None without labelled windows)."""
-    if len(true) == 0:
-        return None
-    classes = np.unique(np.concatenate([true, pred]))
-    return float(macro_f1_from_confusion(confusion_counts(true, pred, classes)))
+def _macro_f1(true: np.ndarray, pred: np.ndarray) -> float | None:
+    """The project's macro F1 (classes present in `true`); None without labelled windows."""
+    return macro_f1(true, pred) if len(true) else None
 
 
 @dataclass
@@ -208,8 +205,8 @@ def build_timeline(
     scored = np.isin(cut.label, ids)  # activity 0 and classes outside the model's set
     return Timeline(
         frame=frame,
-        macro_f1_raw=macro_f1(cut.label[scored], raw[scored]),
-        macro_f1_smoothed=macro_f1(cut.label[scored], smoothed[scored]),
+        macro_f1_raw=_macro_f1(cut.label[scored], raw[scored]),
+        macro_f1_smoothed=_macro_f1(cut.label[scored], smoothed[scored]),
         labelled_windows=int(scored.sum()),
     )
 
