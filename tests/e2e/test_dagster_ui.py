@@ -6,7 +6,7 @@ Starts `dagster-webserver` on the project's workspace.yaml against a private ins
 tiny synthetic data, then drives Debian's Chromium with Playwright (Playwright's own browser
 download is not used). Screenshots go to `tests/e2e/artifacts/` and to the test's tmp_path;
 with PAMAP_UPDATE_DOCS=1 the stale partition and the partition's check result also go to
-`docs/`, which the README shows (so a test run leaves the tracked files alone). On a failure
+`docs/images/`, which the docs show (so a test run leaves the tracked files alone). On a failure
 the page's screenshot and HTML are saved there too.
 """
 
@@ -44,7 +44,7 @@ from tests.raw_edits import edit_labelled_row
 
 pytestmark = pytest.mark.browser
 
-DOCS = REPO_ROOT / "docs"  # the README's screenshots
+DOCS = REPO_ROOT / "docs" / "images"  # the screenshots the docs show
 UI_TIMEOUT_MS = 60_000
 RUN_TIMEOUT_S = 300
 LAUNCHED_SUBJECT = "103"
@@ -221,7 +221,7 @@ def test_ui_shows_the_graph_and_runs_a_partition_launched_from_it(
         expect(page.get_by_text("Success", exact=True).first).to_be_visible()
         _snapshot(page, "dagster_ui_run_success", folders)
 
-        # What the README shows (docs/): subject 101's raw file changes, so its partition turns
+        # What the docs show (docs/images/): subject 101's raw file changes, so its partition turns
         # stale and says why; subject 102's file fails the schema check, for that subject only.
         paths = DataPaths(data_root)
         edit_labelled_row(paths.dat_file("protocol", 101), field=4, change=0.5)
