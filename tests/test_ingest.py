@@ -173,6 +173,23 @@ def test_malformed_line_names_file_line_field_and_token(tmp_path, line_no, bad_l
     assert isinstance(caught.value, ValueError)
 
 
+@pytest.mark.parametrize(
+    "prefix, line_no, field",
+    [(b"", 1, "field 1 (timestamp_s)"), (b"8.38 0 1", 2, "field 3 (heart_rate_bpm)")],
+)
+def test_binary_file_names_file_line_and_field(tmp_path, prefix, line_no, field):
+    # A PNG saved as .dat: polars alone reports only "invalid utf8".
+    good = (OFFICIAL_ROW + "\n").encode() * (line_no - 1)
+    path = tmp_path / "subject106.dat"
+    path.write_bytes(good + prefix + b"\x89PNG\r\n\x1a\n\x00\xff" + b"\n" + good)
+    with pytest.raises(MalformedRecordingError) as caught:
+        read_dat(path, 106, "protocol")
+    message = str(caught.value)
+    assert str(path) in message
+    assert "not a text file" in message
+    assert f"line {line_no}: {field}" in message
+
+
 def test_every_malformed_line_is_counted_and_the_first_ones_listed(tmp_path):
     lines = _lines(2000)
     for i in (99, 499, 1999):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import polars as pl
@@ -98,10 +99,14 @@ def _read_fast(path: Path) -> pl.DataFrame | None:
 def _read_lines(path: Path) -> pl.DataFrame:
     """Split every line into tokens and cast them in one vectorised pass; this path defines
     what a valid file is and names the file, line and field of anything malformed."""
-    lines = (
-        pl.read_lines(path, name="line", row_index_name="line_no", row_index_offset=1)
-        .with_columns(pl.col("line").str.strip_chars())
-        .filter(pl.col("line") != "")  # blank lines hold no record
+    try:
+        lines = pl.read_lines(path, name="line", row_index_name="line_no", row_index_offset=1)
+    except pl.exceptions.ComputeError as exc:
+        if "utf8" not in str(exc).lower():
+            raise
+        raise MalformedRecordingError(_describe_non_utf8(path)) from None
+    lines = lines.with_columns(pl.col("line").str.strip_chars()).filter(
+        pl.col("line") != ""  # blank lines hold no record
     )
     if lines.height == 0:
         raise MalformedRecordingError(f"{path}: file is empty (no records, only blank lines)")
@@ -128,6 +133,24 @@ def _read_lines(path: Path) -> pl.DataFrame:
     if bad.height > 0:
         raise MalformedRecordingError(_describe_bad_lines(path, bad))
     return parsed.select(DAT_COLUMNS)
+
+
+def _describe_non_utf8(path: Path) -> str:
+    """Where a file stops being text: polars' "invalid utf8" names neither file nor line."""
+    data = path.read_bytes()  # only on this error path
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        line_no = data.count(b"\n", 0, exc.start) + 1
+        field = len(re.split(rb"\s+", data[line_start : exc.start].lstrip())) - 1
+        column = DAT_COLUMNS[min(field, len(DAT_COLUMNS) - 1)]
+        return (
+            f"{path}: not a text file (binary or not UTF-8)\n"
+            f"  line {line_no}: field {field + 1} ({column}) holds byte "
+            f"0x{data[exc.start]:02x} at file offset {exc.start}"
+        )
+    return f"{path}: not a text file (binary or not UTF-8)"
 
 
 def _describe_bad_lines(path: Path, bad: pl.DataFrame) -> str:
