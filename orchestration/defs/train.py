@@ -11,6 +11,7 @@ in the asset metadata.
 the code location and running the data steps does not pay for it.
 """
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from orchestration.defs.partitions import fold_and_variant, fold_model_partition
 from orchestration.defs.prepare import activity_shards, feature_stats, fold_manifests
 from orchestration.defs.resources import DataRoot, MlflowTracking
 from orchestration.defs.variants import find_variant
-from orchestration.metadata import files_version, png_markdown, table
+from orchestration.metadata import files_version, png_markdown, raise_blocked, table
 
 TRAINING_POOL = "training"
 
@@ -118,7 +119,8 @@ def _run_tags(
             "beats_majority_baseline",
             asset="trained_model",
             partitions_def=fold_model_partitions,
-            description="Validation accuracy is above always predicting the most common class.",
+            description="Validation accuracy is above always predicting the most common class "
+            "(a warning: the model is kept and ranked).",
         )
     ],
 )
@@ -218,6 +220,8 @@ def trained_model(
         check_results=[
             dg.AssetCheckResult(
                 check_name="beats_majority_baseline",
+                # A weak model is worth a look, not a failed run: the leaderboard ranks it.
+                severity=dg.AssetCheckSeverity.WARN,
                 passed=summary["val_accuracy"] > summary["majority_baseline_accuracy"],
                 metadata={
                     "val_accuracy": summary["val_accuracy"],
@@ -239,14 +243,16 @@ def trained_model(
         dg.AssetCheckSpec(
             "bundle_complete",
             asset="evaluation_bundle",
+            blocking=True,
             partitions_def=fold_model_partitions,
-            description="Every file of the evaluation bundle is present.",
+            description="Every file of every seed's evaluation bundle is present; an incomplete "
+            "bundle is not materialized and blocks what reads it.",
         )
     ],
 )
 def evaluation_bundle(
     context: dg.AssetExecutionContext, data_root: DataRoot, mlflow: MlflowTracking
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """Test-set metrics of the best checkpoint: summary metrics, classification report,
     confusion matrix, ROC and PR curves, and a reliability diagram with expected calibration
     error before and after temperature scaling (chosen on validation, applied only when it
@@ -264,8 +270,17 @@ def evaluation_bundle(
     )
     summary = result["summary"]
     for note in result["notes"]:
-        context.log.warning(f"{fold}/{name}: {note}")
-    return dg.MaterializeResult(
+        context.log.info(f"{fold}/{name}: {note}")
+    missing = [f"seed-{r['seed']}/{f}" for r in result["per_seed"] for f in r["missing_files"]]
+    check = dg.AssetCheckResult(
+        check_name="bundle_complete",
+        passed=not missing,
+        metadata={"missing": ", ".join(missing) or "none"},
+    )
+    if missing:
+        yield check
+        raise_blocked(check, f"{fold}/{name}: missing {', '.join(missing)}")
+    yield dg.MaterializeResult(
         metadata={
             "variant": name,
             "model": summary["model"],
@@ -294,11 +309,5 @@ def evaluation_bundle(
             [Path(r["folder"]) / "summary_metrics.json" for r in result["per_seed"]],
             data_root.paths().root,
         ),
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="bundle_complete",
-                passed=not result["missing_files"],
-                metadata={"missing": ", ".join(result["missing_files"]) or "none"},
-            )
-        ],
+        check_results=[check],
     )

@@ -147,3 +147,45 @@ def test_failed_split_check_keeps_the_previous_manifests(
     assert _materializations(instance, "fold_manifests", "stratified") == 0
     assert _materializations(instance, "feature_stats", "stratified") == 0
     assert {s: paths.manifest("stratified", s).read_text() for s in SPLITS} == before
+
+
+def test_incomplete_bundle_is_blocked_and_a_weak_model_only_warns(
+    copy_prepared: Callable[[], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ml_core import pipeline
+
+    copy_prepared()
+    real_train = pipeline.train_fold_model
+
+    def weak_train(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        summary = real_train(*args, **kwargs)
+        return {**summary, "majority_baseline_accuracy": 1.0}  # no model beats this
+
+    monkeypatch.setattr(pipeline, "train_fold_model", weak_train)
+    monkeypatch.setattr(pipeline, "check_bundle_complete", lambda _: (False, ["roc_curves.png"]))
+    instance = dg.DagsterInstance.ephemeral()
+    key = dg.MultiPartitionKey({"fold": "holdout-106", "model": "feature_gbm"})
+    failed = execute("training_job", instance, key, {"ops": {"trained_model": {"config": {}}}})
+
+    assert not failed.success
+    # The weak model is kept and its check fails at WARN: only a warning on the asset page.
+    assert _materializations(instance, "trained_model", str(key)) == 1
+    assert _check_status(instance, "trained_model", "beats_majority_baseline") == {
+        str(key): "FAILED"
+    }
+    evaluations = [
+        e.event_specific_data
+        for e in failed.all_events
+        if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    ]
+    severities = {e.check_name: e.severity for e in evaluations}  # type: ignore[union-attr]
+    assert severities == {
+        "beats_majority_baseline": dg.AssetCheckSeverity.WARN,
+        "bundle_complete": dg.AssetCheckSeverity.ERROR,
+    }
+    # The incomplete bundle is not materialized, and says which file is missing.
+    assert _materializations(instance, "evaluation_bundle", str(key)) == 0
+    assert _check_status(instance, "evaluation_bundle", "bundle_complete") == {str(key): "FAILED"}
+    assert _attempts(failed, "evaluation_bundle") == 1
+    failure = failed.get_step_failure_events()[0].step_failure_data.error
+    assert failure is not None and "seed-0/roc_curves.png" in failure.message
