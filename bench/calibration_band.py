@@ -1,6 +1,6 @@
 """How far from 1 a temperature may go before some test person's NLL rises by more than 10 %.
 
-A diagnostic of issue 7's calibration target ("no LOSO result whose test NLL grows by more than
+A diagnostic of the calibration target ("no LOSO result whose test NLL grows by more than
 10 %"), read from the evaluation bundles `pamap demo` wrote. It applies one temperature T to
 every LOSO result's pre-temperature test probabilities (`predictions.parquet`) and counts the
 results whose test NLL rises by more than 10 %. It uses the test labels, so it only describes
@@ -22,7 +22,7 @@ from ml_core.evaluation.calibration import nll_from_logits
 from ml_core.paths import DataPaths
 
 TEMPERATURES = (0.7, 0.8, 0.9, 0.95, 1.05, 1.1, 1.2, 1.3, 1.5)
-TOLERANCE = 1.10  # the issue's "+10 %"
+TOLERANCE = 1.10  # the target's "+10 %"
 
 
 def loso_results(paths: DataPaths, protocol: str, seed: int) -> dict[tuple[str, str], Path]:

@@ -1,4 +1,4 @@
-"""Pooled LOSO macro F1 of two result sets side by side: issue 10's before and after table.
+"""Pooled LOSO macro F1 of two result sets side by side, e.g. before and after a code change.
 
 A source is either a `bench/generalisation.py` output folder (`OUT/<model>/<fold>.json`, e.g.
 the same script run in a worktree of older code) or a data root whose evaluation bundles hold

@@ -105,7 +105,7 @@ def fit_temperature(
 ) -> TemperatureFit:
     """The temperature to apply to test logits, chosen on validation alone.
 
-    The rule, fixed before the run that measured it (issue 7; README "Calibration"):
+    The rule (docs/evaluation.md, "Calibration"):
     1. Fit T_g in [T_MIN, T_MAX] by minimising NLL on each validation group g alone.
     2. Cross-check: every T_g must lower the NLL of every other group below its T = 1 value,
        and all T_g must lie on the same side of 1 (all soften or all sharpen).

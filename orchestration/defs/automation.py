@@ -1,6 +1,6 @@
 """Jobs per stage, and declarative automation: the conditions the assets carry, the sensors that
 evaluate them and the schedule that observes the raw files. All of it is stopped until a user
-turns it on (README, "Automation").
+turns it on (docs/automation.md).
 
 - Data flow: a raw-file observation with a new data version requests that subject's chain
   (`raw_recording` → `activity_shards`); shards with new content request every fold's manifests

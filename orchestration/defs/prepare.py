@@ -101,7 +101,7 @@ def fold_manifests(
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """A fold's `train.txt`, `val.txt` and `test.txt`: one `path,start,end` line per shard range.
     `stratified` splits every shard 70/15/15 in time; `holdout-106` validates on 105 and tests
-    on 106; `loso-1NN` tests on subject 1NN and validates on the last 15 % of training shards.
+    on 106; `loso-1NN` tests on subject 1NN and validates on two other held-out subjects.
     Written to a staging folder and moved into place only when `split_integrity` passes."""
     fold = context.partition_key
     paths = data_root.paths()

@@ -1,6 +1,6 @@
 """A backfill of the training job on Dagster's Celery executor: Redis, two workers, a daemon.
 
-The deployment of the README's Celery section, on one machine: Debian's `redis-server` on
+The deployment of docs/deployment.md's Celery section, on one machine: Debian's `redis-server` on
 127.0.0.1 as broker and result backend, two `dagster-celery` workers (one task at a time each),
 a gRPC code server, `dagster-daemon` taking the backfill's runs off the queue, and an
 `mlflow server` that every worker logs to. One training fails once after writing `last.pt`

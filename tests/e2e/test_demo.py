@@ -66,7 +66,7 @@ def test_demo_builds_everything_then_redoes_only_what_changed(tmp_path: Path) ->
     assert "subject 103" in third and "subject 104" not in third
     assert "holdout-106 x feature_gbm" in third and "leaderboard" in third
 
-    # The README's clean rerun: data/ removed, the instance kept. Dagster still reports every
+    # The documented clean rerun: data/ removed, the instance kept. Dagster still reports every
     # partition fresh (same content), so the demo must notice the missing files and rebuild.
     shutil.rmtree(data_root)
     fourth = _demo(env, data_root)
