@@ -102,7 +102,7 @@ CODE_VERSIONS: dict[str, str] = {
     "activity_shards": "1",
     "fold_manifests": "3",
     "feature_stats": "1",
-    "trained_model": "7",
+    "trained_model": "8",
     "evaluation_bundle": "4",
     "leaderboard": "5",
     "activity_timeline": "3",

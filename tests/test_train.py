@@ -214,6 +214,24 @@ def test_same_seed_gives_identical_losses(fold: DataPaths, tmp_path: Path) -> No
     assert losses(a.history) != losses(c.history)
 
 
+def test_default_training_reruns_bit_identically(fold: DataPaths, tmp_path: Path) -> None:
+    """A real model with augmentation and dropout, at the default settings and two threads:
+    the same seed writes the same weights and metrics, to the last bit."""
+    assert TrainConfig().deterministic
+    torch.set_num_threads(2)
+    cfg = config(epochs=2, model_overrides={"widths": [8, 16], "head_hidden": 16})
+    runs = [train_model("temporal_cnn", fold, "toy", cfg, tmp_path / n) for n in "ab"]
+    a, b = ([{k: v for k, v in r.items() if k != "seconds"} for r in run.history] for run in runs)
+    assert a == b
+    for name in ("best.pt", "last.pt"):
+        first, second = (load_torch(tmp_path / n / name) for n in "ab")
+        assert first["best_metric"] == second["best_metric"]
+        for key, tensor in first["model_state"].items():
+            assert torch.equal(tensor, second["model_state"][key]), (name, key)
+        for key, tensor in first["optimizer_state"]["state"][0].items():
+            assert torch.equal(tensor, second["optimizer_state"]["state"][0][key]), key
+
+
 @pytest.mark.parametrize("balanced", [False, True])
 def test_resume_after_max_steps_equals_a_straight_run(
     fold: DataPaths, tmp_path: Path, balanced: bool
