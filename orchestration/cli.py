@@ -64,6 +64,15 @@ def ui_commands(paths: DataPaths) -> dict[str, list[str]]:
     return commands
 
 
+def experiment_url(paths: DataPaths) -> str:
+    """The `pamap2` experiment in MLflow's model-training view (its UI otherwise opens new
+    browsers in the GenAI view, on an empty Traces page)."""
+    from ml_core.lifecycle.tracking import MlflowTracker
+
+    (paths.root / "mlflow").mkdir(parents=True, exist_ok=True)  # the SQLite store's folder
+    return MlflowTracker(tracking_uri(paths)).experiment_url()
+
+
 def where_to_look(paths: DataPaths, dagster_home: str) -> str:
     """Commands that work as printed, from the project folder."""
     uri = tracking_uri(paths)
@@ -82,6 +91,7 @@ def where_to_look(paths: DataPaths, dagster_home: str) -> str:
             f"  MLflow UI  : uv run mlflow ui --backend-store-uri {shlex.quote(uri)} "
             "--host 127.0.0.1"
         )
+    lines.append(f"  MLflow runs: {experiment_url(paths)}")
     lines.append(
         f"  files      : {paths.root} (reports/leaderboard.md, "
         "evaluation/<fold>/<variant>/<protocol id>/seed-<n>/)"
@@ -125,7 +135,7 @@ def _ui(args: argparse.Namespace) -> int:
     home = os.environ["DAGSTER_HOME"]
     print(f"Dagster UI and daemon: http://127.0.0.1:{DAGSTER_PORT}  (DAGSTER_HOME={home})")
     if "mlflow" in servers:
-        print(f"MLflow UI: http://127.0.0.1:{MLFLOW_PORT}  ({tracking_uri(paths)})")
+        print(f"MLflow UI: {experiment_url(paths)}  ({tracking_uri(paths)})")
     print("Ctrl-C stops both.", flush=True)
     try:
         while all(p.poll() is None for p in servers.values()):

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from ml_core.data.folds import FOLD_NAMES
 from ml_core.models import model_names
@@ -76,3 +77,12 @@ def test_where_to_look_names_programs_that_uv_run_finds(
         assert words[:2] == ["uv", "run"], command
         assert (bin_dir / words[2]).exists(), command
         assert "127.0.0.1" in command or words[2] == "pamap"
+    # The experiment's link opens MLflow's model-training view, not the GenAI one.
+    experiment = MlflowClient(f"sqlite:///{tmp_path}/mlflow/mlflow.db").get_experiment_by_name(
+        "pamap2"
+    )
+    assert experiment is not None
+    assert (
+        f"  MLflow runs: http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}"
+        "?workflowType=machine_learning"
+    ) in text.splitlines()

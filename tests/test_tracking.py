@@ -85,3 +85,6 @@ def test_the_experiment_is_a_model_training_experiment(tmp_path: Path):
         )
     assert MlflowTracker(uri, experiment="made-earlier").experiment_id() == old_id
     assert tracker.run_url("abc").endswith("/runs/abc?workflowType=machine_learning")
+    assert tracker.experiment_url() == (
+        f"http://127.0.0.1:5000/#/experiments/{experiment_id}?workflowType=machine_learning"
+    )

@@ -149,11 +149,16 @@ class MlflowTracker:
         return True
 
     def run_url(self, run_id: str) -> str:
+        return self._ui_url(f"/runs/{run_id}")
+
+    def experiment_url(self) -> str:
+        """The experiment's runs table in the UI's model-training view (created if missing)."""
+        return self._ui_url("")
+
+    def _ui_url(self, route: str) -> str:
         experiment_id = self.experiment_id()
         base = self.tracking_uri if not self.is_local_file_store else "http://127.0.0.1:5000"
-        return (
-            f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
-        )
+        return f"{base.rstrip('/')}/#/experiments/{experiment_id}{route}?{MODEL_TRAINING_VIEW}"
 
     @staticmethod
     def log_datasets(datasets: Mapping[str, Dataset]) -> None:
