@@ -94,10 +94,10 @@ def main() -> None:
     print("\n| deterministic | median s | min–max s | runs | distinct weights (sha256) |")
     print("|---|---|---|---|---|")
     for deterministic in (False, True):
-        t = times[deterministic]
+        t, seen = times[deterministic], sorted(digests[deterministic])
         print(
             f"| {deterministic} | {statistics.median(t):.2f} | {min(t):.2f}–{max(t):.2f} | "
-            f"{len(t)} | {len(digests[deterministic])} ({', '.join(sorted(digests[deterministic]))}) |"
+            f"{len(t)} | {len(seen)} ({', '.join(seen)}) |"
         )
     ratio = statistics.median(times[True]) / statistics.median(times[False])
     print(f"\ndeterministic / baseline median time: {ratio:.3f}")
@@ -125,8 +125,8 @@ def main() -> None:
                 flush=True,
             )
         print(
-            f"\n{args.fold} test macro F1 over {len(scores)} seeds: mean {statistics.mean(scores):.3f}, "
-            f"min {min(scores):.3f}, max {max(scores):.3f}"
+            f"\n{args.fold} test macro F1 over {len(scores)} seeds: mean "
+            f"{statistics.mean(scores):.3f}, min {min(scores):.3f}, max {max(scores):.3f}"
         )
     print(f"\nload average after the run: {_load()}")
     print(json.dumps({"times": {str(k): v for k, v in times.items()}}))
