@@ -18,7 +18,7 @@ from ml_core import pipeline
 from ml_core.data.columns import AXES, MODALITIES
 from ml_core.data.folds import read_manifest
 from ml_core.data.stats import load_feature_stats
-from ml_core.data.windows import WindowData
+from ml_core.data.windows import WindowConfig, WindowData, normaliser
 from ml_core.io import load_torch, save_torch
 from ml_core.lifecycle.serving import SensorWindowClassifier
 from ml_core.models import create_model
@@ -29,8 +29,9 @@ from ml_core.models.feature_gbm import (
     FeatureGBMConfig,
     boosting_threads,
 )
+from ml_core.training import feature_cache
 from ml_core.training.train import TrainConfig, load_trained_model, predict_proba, train_model
-from tests.test_windows import make_signal_fold
+from tests.test_windows import make_signal_fold, make_stats
 
 CHANNELS = {"imu_hand": 3, "heart_rate": 1}
 HAND = MODALITIES["imu_hand"]
@@ -262,3 +263,51 @@ def test_logged_mlflow_model_predicts_like_the_checkpoint(tmp_path: Path) -> Non
     np.testing.assert_allclose(got, expected, atol=1e-6)
     # Raw rows (heart rate smoothed as imputation would) agree with the evaluation path.
     assert (got.argmax(1) == probs.argmax(1)).mean() >= 0.9
+
+
+def test_cached_features_match_the_fold_path_and_are_computed_once_per_data_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = make_signal_fold(tmp_path / "data")
+    window = WindowConfig(window=32, stride=16)
+    stats = load_feature_stats(paths.feature_stats("toy"))
+    val = WindowData.from_fold(paths, "toy", "val", stats, window)
+    model = FeatureGBM(FeatureGBMConfig(), val.n_classes, val.modality_channels)
+    mean, std = normaliser(stats, "toy")
+    model.set_units(mean, std, 100.0)
+    from_batches = model.features(*_all(val))
+
+    cached = feature_cache.window_features(model, val)
+    # From the shards' own rows instead of the fold's normalised copy: the same up to rounding.
+    np.testing.assert_array_equal(np.isnan(cached), np.isnan(from_batches))
+    np.testing.assert_allclose(cached, from_batches, rtol=1e-4, atol=1e-4, equal_nan=True)
+    files = list(feature_cache.cache_dir(paths.root).glob("*.pt"))
+    assert val.origins is not None and len(files) == len(val.origins.files)
+
+    # Another fold over the same rows (other normalisation) reads them; nothing is recomputed.
+    def refuse(*args: object) -> None:
+        raise AssertionError("features recomputed")
+
+    monkeypatch.setattr(feature_cache, "_compute", refuse)
+    shifted = make_stats(mean.numpy() + 1, 2 * std.numpy())
+    other = WindowData.from_fold(paths, "toy", "val", shifted, window)
+    assert len(other) == len(val)
+    np.testing.assert_array_equal(feature_cache.window_features(model, other), cached)
+    monkeypatch.undo()
+
+    # New shard content is a new data version: its windows are computed afresh.
+    shard = paths.root / val.origins.files[0]
+    content = load_torch(shard)
+    content["data"] = content["data"] * 2
+    save_torch(content, shard)
+    fresh = feature_cache.window_features(
+        model, WindowData.from_fold(paths, "toy", "val", stats, window)
+    )
+    first = (val.origins.shard == 0).numpy()
+    assert not np.allclose(fresh[first], cached[first], equal_nan=True)
+    np.testing.assert_array_equal(fresh[~first], cached[~first])
+
+
+def _all(data: WindowData) -> tuple[dict, dict]:
+    batch = data.batch(torch.arange(len(data)))
+    return batch.x, batch.present

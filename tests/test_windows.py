@@ -126,6 +126,12 @@ def test_windows_never_cross_a_range_and_cover_it(tmp_path: Path, decimate: int)
     # The first window of every range starts at its first row.
     starts = {(int(i), int(r)) for i, r in zip(shard_id[:, 0], row[:, 0], strict=True)}
     assert {(1, 0), (2, 0), (2, 250)} <= starts
+    # origins name each window's shard and first shard row (what the feature cache keys on).
+    origins = data.origins
+    assert origins is not None and origins.root == paths.root
+    files = np.array(origins.files)[origins.shard.numpy()]
+    assert (files == np.array([a, b, c])[shard_id[:, 0].astype(int) - 1]).all()
+    assert (origins.row.numpy() == row[:, 0]).all()
 
 
 @pytest.mark.parametrize("decimate", [1, 2])

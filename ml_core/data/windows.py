@@ -30,6 +30,17 @@ MODALITY_SLICES: dict[str, slice] = {
 }
 
 
+@dataclass(frozen=True)
+class WindowOrigins:
+    """Where each window's rows come from: tensor shard `root / files[shard[i]]`, rows
+    `row[i]`, `row[i] + decimate`, … (the same rows in every fold that windows them alike)."""
+
+    root: Path
+    files: list[str]  # relative to root, as in the manifests
+    shard: Tensor  # [N] index into files
+    row: Tensor  # [N] first shard row of the window
+
+
 @dataclass
 class Batch:
     """x[modality]: [B, T, C] float32; present[modality]: [B, T] bool; y: [B] class index."""
@@ -84,7 +95,8 @@ def normaliser(stats: Mapping[str, Any], source: str) -> tuple[Tensor, Tensor]:
 
 class WindowData:
     """All windows of one split: `data` [R, C] normalised rows (NaN set to 0), `present` [R, M]
-    per-modality observation mask, and per window its start row, class index and subject."""
+    per-modality observation mask, and per window its start row, class index and subject.
+    `origins` (when loaded from shards) says which shard rows each window holds."""
 
     def __init__(
         self,
@@ -94,7 +106,9 @@ class WindowData:
         labels: Tensor,
         subjects: Tensor,
         config: WindowConfig,
+        origins: WindowOrigins | None = None,
     ) -> None:
+        self.origins = origins
         self.data = data
         self.present = present
         self.starts = starts
@@ -171,6 +185,16 @@ class WindowData:
         first = per_piece.cumsum(0) - per_piece
         within = torch.arange(int(per_piece.sum())) - first.repeat_interleave(per_piece)
         starts = offsets.repeat_interleave(per_piece) + within * config.stride
+        files = list(dict.fromkeys(path for path, _, _ in pieces))
+        file_index = {path: i for i, path in enumerate(files)}
+        origins = WindowOrigins(
+            paths.root,
+            files,
+            torch.tensor([file_index[p] for p, _, _ in pieces], dtype=torch.long)
+            .repeat_interleave(per_piece),
+            torch.tensor([a for _, a, _ in pieces], dtype=torch.long).repeat_interleave(per_piece)
+            + within * (config.stride * d),
+        )
         owner = torch.tensor(piece_range, dtype=torch.long)
         labels = torch.tensor([class_index[r.activity] for r in selected], dtype=torch.long)
         subjects = torch.tensor([r.subject for r in selected], dtype=torch.long)
@@ -188,6 +212,7 @@ class WindowData:
             labels.repeat_interleave(per_piece),
             subjects.repeat_interleave(per_piece),
             config,
+            origins,
         )
 
     def to(self, device: torch.device | str) -> WindowData:
@@ -199,6 +224,7 @@ class WindowData:
             self.labels.to(device),
             self.subjects.to(device),
             self.config,
+            self.origins,
         )
 
     def __len__(self) -> int:

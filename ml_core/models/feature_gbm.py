@@ -281,8 +281,11 @@ class FeatureGBM:
     def feature_names(self) -> list[str]:
         return [name for layout in self.layouts.values() for name in layout.names()]
 
-    def features_tensor(self, x: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
-        """[N, F] float64 features of a batch of windows, as a tensor on x's device."""
+    def features_tensor(
+        self, x: dict[str, Tensor], present: dict[str, Tensor], physical: bool = False
+    ) -> Tensor:
+        """[N, F] float64 features of a batch of windows, as a tensor on x's device; windows
+        normalised as `set_units` said, or with `physical` already in physical units."""
         blocks = []
         for modality, n in self.modality_channels.items():
             values = x[modality]
@@ -292,12 +295,18 @@ class FeatureGBM:
                 )
             mean = self.mean[modality].to(values.device)
             std = self.std[modality].to(values.device)
+            if physical:
+                mean, std = torch.zeros_like(mean), torch.ones_like(std)
             blocks.append(
                 window_features(
                     values, present[modality], self.layouts[modality], mean, std, self.rate_hz
                 )
             )
         return torch.cat(blocks, dim=1)
+
+    def physical_features(self, x: dict[str, Tensor], present: dict[str, Tensor]) -> Tensor:
+        """[N, F] float64 features of windows given in physical units (the shards' own rows)."""
+        return self.features_tensor(x, present, physical=True)
 
     def features(self, x: dict[str, Tensor], present: dict[str, Tensor]) -> np.ndarray:
         """[N, F] float64 features of a batch of windows (NaN where a modality is absent)."""

@@ -39,6 +39,7 @@ from ml_core.evaluation.protocol import EvaluationProtocol
 from ml_core.io import load_torch, save_torch, write_json
 from ml_core.models import create_model, get_spec
 from ml_core.paths import DataPaths
+from ml_core.training import feature_cache
 from ml_core.training.augment import Augmenter
 from ml_core.training.config import TrainConfig
 from ml_core.training.losses import build_loss
@@ -325,9 +326,17 @@ def predict_proba(
     if isinstance(model, nn.Module):
         probs = torch.softmax(_logits(model, data, batch_size).double(), dim=1).numpy()
     else:
-        chunks = [model.predict_proba(b.x, b.present) for b in data.iter_batches(batch_size)]
-        probs = np.concatenate(chunks) if chunks else np.zeros((0, data.n_classes))
+        probs = model.predict_proba_features(_baseline_features(model, data, batch_size))
     return probs, data.labels.cpu().numpy()
+
+
+def _baseline_features(model: Any, data: WindowData, batch_size: int) -> np.ndarray:
+    """The sklearn-kind baseline's window features: from the per-shard cache for windows
+    loaded from shards (computed once per data version), else batch by batch."""
+    if data.origins is not None:
+        return feature_cache.window_features(model, data)
+    chunks = [model.features(b.x, b.present) for b in data.iter_batches(batch_size)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, len(model.feature_names())))
 
 
 def load_trained_model(
@@ -640,9 +649,7 @@ def _fit_sklearn(run: _Run, ckpt: dict[str, Any] | None, stats: dict[str, Any]) 
     )
     mean, std = normaliser(stats, "feature stats")
     model.set_units(mean, std, SAMPLE_RATE_HZ / cfg.window.decimate)
-    features = np.concatenate(
-        [model.features(b.x, b.present) for b in train.iter_batches(cfg.eval_batch_size)]
-    )
+    features = _baseline_features(model, train, cfg.eval_batch_size)
     y_train = train.labels.numpy()
     model.fit_features(features, y_train)
     train_probs = model.predict_proba_features(features)
