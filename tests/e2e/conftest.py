@@ -223,7 +223,10 @@ def mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
         *("--serve-artifacts", "--artifacts-destination", str(store / "artifacts")),
     ]
     log_path = store / "server.log"
-    with running_process(cmd, log_path) as proc:
+    # MLflow's job runner (a pool of background consumer processes for its GenAI jobs) is no
+    # part of tracking or the registry; off, the server starts with one process, not six.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with running_process(cmd, log_path, env) as proc:
         yield MlflowServer(f"http://127.0.0.1:{port}", store / "artifacts", proc, log_path)
 
 
