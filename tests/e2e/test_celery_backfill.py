@@ -38,7 +38,7 @@ from tests.e2e.conftest import (
     wait_for_port,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 JOB = "celery_training_job"
 SUBJECTS = ("101", "102", "103", "104")  # loso-101 validates on 102 and 103, trains on 104

@@ -33,7 +33,7 @@ def _demo(env: dict[str, str], data_root: Path) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(3600)
 def test_demo_builds_everything_then_redoes_only_what_changed(tmp_path: Path) -> None:
     home = tmp_path / "dagster_home"
     home.mkdir()
