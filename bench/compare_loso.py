@@ -10,7 +10,7 @@ mean ± sample std leaves loso-109 apart, as the leaderboard does. Only models w
 fold in both sources are compared.
 
     uv run python bench/compare_loso.py --before bench:/tmp/gen_before \\
-        --after data:data --protocol p33fdc013
+        --after data:data --protocol <protocol id>
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from ml_core.evaluation.protocol import EvaluationProtocol
 
 LOSO_FOLDS = [f"loso-{s}" for s in SUBJECTS]
 # Results are pooled by label only; the protocol object just satisfies `Result`.
-_ANY_PROTOCOL = EvaluationProtocol(256, 128, 1, "protocol12", "weighted_ce", 6)
+_ANY_PROTOCOL = EvaluationProtocol(256, 128, 1, "protocol12")
 
 
 def _result(model: str, fold: str, y_true: np.ndarray, y_pred: np.ndarray) -> Result:

@@ -36,7 +36,7 @@ from ml_core.data.synthetic import SCALES, write_dataset
 from ml_core.data.windows import WindowData
 from ml_core.evaluation.metrics import macro_f1
 from ml_core.io import write_json
-from ml_core.models import model_names
+from ml_core.models import get_spec, model_names
 from ml_core.paths import DataPaths
 from ml_core.training.train import TrainConfig, load_trained_model, predict_proba, train_model
 
@@ -113,11 +113,15 @@ def main() -> None:
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"torch {torch.__version__}, {args.threads} thread(s); load average {load}", flush=True)
     prepare(paths, args.scale, args.folds)
-    cfg = TrainConfig(device="cpu", seed=SEED)
-    print(f"TrainConfig: {json.dumps(cfg.to_dict())}", flush=True)
+    base = TrainConfig(device="cpu", seed=SEED)
+    print(f"TrainConfig: {json.dumps(base.to_dict())}", flush=True)
 
     rows = []
     for model in models:
+        # The model's own training defaults, as its built-in variant trains it.
+        cfg = TrainConfig(device="cpu", seed=SEED, **get_spec(model).train_defaults)
+        if get_spec(model).train_defaults:
+            print(f"{model}: {json.dumps(get_spec(model).train_defaults)}", flush=True)
         records = []
         for fold in args.folds:
             r = run_one(paths, model, fold, cfg, args.out)
@@ -135,8 +139,9 @@ def main() -> None:
         rows.append((model, pooled, np.mean(per_fold), np.std(per_fold), len(y_true), seconds))
 
     print(
-        f"\nfolds: {' '.join(args.folds)}; windows {cfg.window.window}/{cfg.window.stride}, "
-        f"{cfg.epochs} epochs, patience {cfg.patience}, seed {cfg.seed}, loss {cfg.loss}"
+        f"\nfolds: {' '.join(args.folds)}; windows {base.window.window}/{base.window.stride}, "
+        f"{base.epochs} epochs (unless a model says otherwise, above), patience {base.patience}, "
+        f"seed {base.seed}, loss {base.loss}"
     )
     print("\n| model | pooled LOSO macro F1 | mean ± std per fold (109 apart) | test windows | s |")
     print("|---|---|---|---|---|")

@@ -33,6 +33,7 @@ from ml_core.evaluation.evaluate import (
 from ml_core.evaluation.leaderboard import Result, build_leaderboard, write_leaderboard
 from ml_core.evaluation.protocol import (
     EvaluationProtocol,
+    LegacyProtocolError,
     read_latest_training,
     write_latest_training,
 )
@@ -333,6 +334,7 @@ def _evaluate_one_seed(
             "variant_settings": variant["settings"],
             "seed": seed,
             "protocol": protocol.to_dict(),
+            "training": config.training_settings(),
             "validation_subjects": val_subjects,
             "notes": notes,
         },
@@ -391,15 +393,20 @@ def _png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def collect_results(paths: DataPaths) -> list[Result]:
-    """Every evaluation bundle under `paths` as a leaderboard `Result`."""
-    results = []
+def collect_results(paths: DataPaths) -> tuple[list[Result], list[str]]:
+    """Every evaluation bundle under `paths` as a leaderboard `Result`, and why each bundle
+    recorded under a legacy protocol (with training settings in its id) is refused."""
+    results, refused = [], []
     pattern = "evaluation/*/*/*/seed-*/summary_metrics.json"
     for summary_path in sorted(paths.root.glob(pattern)):
         summary = json.loads(summary_path.read_text())
         if "protocol" not in summary:
             continue  # written before protocols were recorded: not comparable to anything
-        protocol = EvaluationProtocol.from_dict(summary["protocol"])
+        try:
+            protocol = EvaluationProtocol.from_dict(summary["protocol"], str(summary_path))
+        except LegacyProtocolError as exc:
+            refused.append(str(exc))
+            continue
         fold, model, seed = summary["fold"], summary["model"], int(summary["seed"])
         variant = summary.get("variant", model)  # bundles from before variants: built-in
         y_true, y_pred = read_predictions(summary_path.parent / "predictions.parquet")
@@ -410,6 +417,7 @@ def collect_results(paths: DataPaths) -> list[Result]:
                 model=model,
                 variant=variant,
                 settings=summary.get("variant_settings", {}),
+                training=summary["training"],
                 fold=fold,
                 protocol=protocol,
                 seed=seed,
@@ -421,13 +429,13 @@ def collect_results(paths: DataPaths) -> list[Result]:
                 calibration=summary["calibration"],
             )
         )
-    return results
+    return results, refused
 
 
 def build_report(paths: DataPaths, tracker: MlflowTracker | None = None) -> dict[str, Any]:
     """Collect every evaluation bundle into the leaderboard files, one section per protocol."""
-    results = collect_results(paths)
-    board = build_leaderboard(results)
+    results, refused = collect_results(paths)
+    board = build_leaderboard(results, refused)
     synthetic = paths.synthetic_marker.exists()
     title = "PAMAP2 leaderboard" + (" (synthetic data)" if synthetic else "")
     files = write_leaderboard(board, paths.reports, title)

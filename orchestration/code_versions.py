@@ -104,11 +104,11 @@ CODE_VERSIONS: dict[str, str] = {
     "activity_shards": "1",
     "fold_manifests": "3",
     "feature_stats": "1",
-    "trained_model": "9",
-    "evaluation_bundle": "5",
-    "leaderboard": "5",
-    "activity_timeline": "3",
-    "inbox_timeline": "3",
+    "trained_model": "10",
+    "evaluation_bundle": "6",
+    "leaderboard": "6",
+    "activity_timeline": "4",
+    "inbox_timeline": "4",
     "champion_model": "4",
 }
 

@@ -161,7 +161,7 @@ def test_validation_rotation_is_fixed_and_covers_101_to_108_twice():
     counts = Counter(v for s in SUBJECTS if s != 109 for v in rotation[s])
     assert counts == {s: 2 for s in range(101, 109)}
     # The protocol id records how many people validate each LOSO fold.
-    assert EvaluationProtocol(256, 128, 1, "protocol12", "weighted_ce", 6).loso_validation_people
+    assert EvaluationProtocol(256, 128, 1, "protocol12").loso_validation_people
     assert LOSO_VALIDATION_PEOPLE == EvaluationProtocol.loso_validation_people == 2
     assert validation_subjects("holdout-106") == (105,)
     assert validation_subjects("stratified") == ()

@@ -22,12 +22,14 @@ from ml_core.evaluation.leaderboard import (
     sweep_summary,
     write_leaderboard,
 )
-from ml_core.evaluation.protocol import EvaluationProtocol
+from ml_core.evaluation.protocol import EvaluationProtocol, LegacyProtocolError
+from ml_core.training.config import TrainConfig
 
 LOSO = [f"loso-{s}" for s in range(101, 110)]
 ALL_FOLDS = ["stratified", "holdout-106", *LOSO]
-PROTOCOL = EvaluationProtocol(256, 128, 1, "protocol12", "weighted_ce", 6)
-OTHER = EvaluationProtocol(128, 64, 2, "protocol11", "weighted_ce", 6)
+PROTOCOL = EvaluationProtocol(256, 128, 1, "protocol12")
+OTHER = EvaluationProtocol(128, 64, 2, "protocol11")
+TRAINING = TrainConfig().training_settings()
 
 
 def result(
@@ -39,6 +41,7 @@ def result(
     protocol: EvaluationProtocol = PROTOCOL,
     variant: str = "",
     settings: dict | None = None,
+    training: dict | None = None,
 ) -> Result:
     """A fold's predictions: correct with probability `skill`, else a random class."""
     classes = np.array([24]) if fold == "loso-109" else np.array(PROTOCOL_ACTIVITIES[:-1])
@@ -59,6 +62,7 @@ def result(
         calibration={"ece_before": 0.2, "ece_after": 0.1, "nll_before": 1.0, "nll_after": 0.9},
         variant=variant,
         settings=settings or {},
+        training=TRAINING if training is None else training,
     )
 
 
@@ -177,44 +181,96 @@ def test_protocols_never_share_a_row() -> None:
     assert "2.56 s" in PROTOCOL.describe() and "50 Hz" in OTHER.describe()
 
 
-def test_protocol_id_changes_with_every_field_but_not_the_seed() -> None:
+def test_protocol_id_changes_with_every_task_field_but_not_the_training_or_seed() -> None:
     ids = {
         PROTOCOL.id,
-        EvaluationProtocol(512, 128, 1, "protocol12", "weighted_ce", 6).id,
-        EvaluationProtocol(256, 64, 1, "protocol12", "weighted_ce", 6).id,
-        EvaluationProtocol(256, 128, 2, "protocol12", "weighted_ce", 6).id,
-        EvaluationProtocol(256, 128, 1, "protocol11", "weighted_ce", 6).id,
-        EvaluationProtocol(256, 128, 1, "protocol12", "focal", 6).id,
-        EvaluationProtocol(256, 128, 1, "protocol12", "weighted_ce", 7).id,
-        EvaluationProtocol(256, 128, 1, "protocol12", "weighted_ce", 6, 1).id,
+        EvaluationProtocol(512, 128, 1, "protocol12").id,
+        EvaluationProtocol(256, 64, 1, "protocol12").id,
+        EvaluationProtocol(256, 128, 2, "protocol12").id,
+        EvaluationProtocol(256, 128, 1, "protocol11").id,
+        EvaluationProtocol(256, 128, 1, "protocol12", loso_validation_people=1).id,
     }
-    assert len(ids) == 8
+    assert len(ids) == 6
+    # Training settings are the variant's: a longer-trained, focal-loss run is the same task.
+    longer = TrainConfig(epochs=20, loss="focal", lr=1e-3, patience=None, seed=3)
+    assert EvaluationProtocol.of(longer) == EvaluationProtocol.of(TrainConfig()) == PROTOCOL
+    assert "metric" in PROTOCOL.to_dict() and "classes present" in PROTOCOL.describe()
+    assert "2 validation person(s) per LOSO fold" in PROTOCOL.describe()
     assert EvaluationProtocol.from_dict(PROTOCOL.to_dict()) == PROTOCOL
     with pytest.raises(ValueError, match="does not match its fields"):
-        EvaluationProtocol.from_dict({**PROTOCOL.to_dict(), "epochs": 9})
+        EvaluationProtocol.from_dict({**PROTOCOL.to_dict(), "window": 512})
+    with pytest.raises(ValueError, match="unknown metric"):
+        EvaluationProtocol(256, 128, 1, "protocol12", metric="accuracy")
 
 
-def test_results_recorded_with_one_validation_person_keep_their_id() -> None:
-    # Session 14's full leaderboard (one validation person per LOSO fold) was p33fdc013,
-    # recorded before the protocol had a validation field.
-    legacy = {k: v for k, v in PROTOCOL.to_dict().items() if k != "loso_validation_people"}
-    legacy["id"] = "p33fdc013"
-    old = EvaluationProtocol.from_dict(legacy)
-    assert old.loso_validation_people == 1 and old.id == "p33fdc013"
-    assert PROTOCOL.loso_validation_people == 2 and PROTOCOL.id != old.id
-    assert "2 validation person(s) per LOSO fold" in PROTOCOL.describe()
+# A protocol as results recorded it while loss and epochs were part of the id.
+LEGACY = {
+    "id": "p0b263e62",
+    "window": 256,
+    "stride": 128,
+    "decimate": 1,
+    "class_set": "protocol12",
+    "loss": "weighted_ce",
+    "epochs": 6,
+    "loso_validation_people": 2,
+}
 
 
-def test_a_protocol_reads_back_from_mlflow_params_old_and_new() -> None:
+def test_results_under_a_legacy_protocol_are_refused_saying_what_to_do() -> None:
+    with pytest.raises(LegacyProtocolError, match="p0b263e62") as caught:
+        EvaluationProtocol.from_dict(LEGACY, "evaluation/loso-101/lstm/p0b263e62/seed-0")
+    message = str(caught.value)
+    assert "evaluation/loso-101/lstm/p0b263e62/seed-0" in message
+    assert "loss=weighted_ce, epochs=6" in message
+    assert "Train and evaluate it again" in message and "delete or move away" in message
+
+
+def test_a_protocol_reads_back_from_mlflow_params_and_a_legacy_run_is_refused() -> None:
     # MLflow stores every param as a string; serving rebuilds the protocol from them.
     params = {k: str(v) for k, v in PROTOCOL.to_params().items()}
     assert EvaluationProtocol.from_params(params) == PROTOCOL
-    # A run logged before `loso_validation_people` existed (the champion of an older session).
-    legacy = {k: v for k, v in params.items() if k != "protocol_loso_validation_people"}
-    legacy["protocol_id"] = "p33fdc013"
-    assert EvaluationProtocol.from_params(legacy).loso_validation_people == 1
     with pytest.raises(ValueError, match="does not match its fields"):
         EvaluationProtocol.from_params({**params, "protocol_window": "512"})
+    legacy = {f"protocol_{k}": str(v) for k, v in LEGACY.items()}
+    with pytest.raises(LegacyProtocolError, match="champion_model again"):
+        EvaluationProtocol.from_params(legacy, "model pamap2_champion@champion")
+
+
+def test_variants_that_train_differently_rank_in_one_table_showing_their_training() -> None:
+    rng = np.random.default_rng(5)
+    longer = {**TRAINING, "epochs": 12, "loss": "focal", "lr": 0.001}
+    results = [
+        *(result("lstm", f, 0.6, rng) for f in LOSO),
+        *(result("lstm", f, 0.9, rng, variant="lstm_long", training=longer) for f in LOSO),
+    ]
+    board = build_leaderboard(results)
+    assert len(board["protocols"]) == 1
+    rows = section(board)["rows"]
+    assert [(e["variant"], e["rank"]) for e in rows] == [("lstm_long", 1), ("lstm", 2)]
+    assert rows[0]["training"] == longer
+    text = leaderboard_markdown(board, "t")
+    assert "| 1 | lstm_long | lstm | 12 ep, focal (γ=2), lr 0.001, patience 3, aug on |" in text
+    assert "| 2 | lstm | lstm | 6 ep, weighted_ce, lr 0.002, patience 3, aug on |" in text
+
+
+def test_a_variant_whose_folds_trained_with_different_settings_is_not_ranked() -> None:
+    rng = np.random.default_rng(6)
+    changed = {**TRAINING, "epochs": 9}
+    results = [
+        result("lstm", f, 0.7, rng, training=changed if f == "loso-103" else None) for f in LOSO
+    ]
+    results += [result("temporal_cnn", f, 0.5, rng) for f in LOSO]
+    e = entry(build_leaderboard(results), "lstm")
+    assert e["mixed_training"] and not e["complete"] and e["rank"] is None
+    assert "different settings" in leaderboard_markdown(build_leaderboard(results), "t")
+
+
+def test_refused_legacy_results_are_listed_under_the_leaderboard() -> None:
+    rng = np.random.default_rng(8)
+    why = "evaluation/loso-101/lstm/p0b263e62/seed-0/summary_metrics.json: recorded under ..."
+    board = build_leaderboard([result("lstm", f, 0.7, rng) for f in LOSO], refused=[why])
+    text = leaderboard_markdown(board, "t")
+    assert "## Not ranked: 1 result(s) under a legacy protocol" in text and why in text
 
 
 def test_calibration_over_loso_results_counts_each_worse_test_person() -> None:
@@ -278,7 +334,7 @@ def test_empty_leaderboard_renders(tmp_path: Path) -> None:
 
 def test_entries_are_variants_and_the_sweep_summary_picks_each_models_best() -> None:
     rng = np.random.default_rng(7)
-    longer = EvaluationProtocol(512, 256, 1, "protocol12", "weighted_ce", 6)
+    longer = EvaluationProtocol(512, 256, 1, "protocol12")
     narrow, wide = {"m.hidden": 64}, {"m.hidden": 128}
     results = [
         # Two variants of one model under one protocol: two entries, each showing its model.

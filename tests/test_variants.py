@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ml_core.models import model_names
+from ml_core.evaluation.protocol import EvaluationProtocol
+from ml_core.models import get_spec, model_names
 from ml_core.training.train import TrainConfig
 from ml_core.training.variants import VARIANTS_FILE, VariantError, load_variants
 
@@ -27,6 +28,21 @@ def test_the_registered_models_are_the_builtin_variants(tmp_path):
     assert [v.name for v in variants] == model_names()
     assert all(v.builtin and v.name == v.model for v in variants)
     assert variants[0].train_config() == TrainConfig()
+
+
+def test_a_models_own_training_defaults_are_its_builtin_variants_under_the_same_protocol(
+    tmp_path,
+):
+    variants = {v.name: v for v in load_variants(tmp_path / "absent.yaml")}
+    dcl = variants["deep_conv_lstm"]
+    assert get_spec("deep_conv_lstm").train_defaults == {"epochs": 12}
+    assert dcl.settings() == {"epochs": 12} and dcl.train_config().epochs == 12
+    settings, replaced = dcl.apply({"epochs": 6, "lr": 0.002})
+    assert settings["epochs"] == 12 and settings["lr"] == 0.002
+    assert replaced == {"epochs": [6, 12]}
+    # Trained longer, evaluated on the same task: one protocol, one leaderboard table.
+    lstm = variants["lstm"].train_config()
+    assert EvaluationProtocol.of(dcl.train_config()) == EvaluationProtocol.of(lstm)
 
 
 def test_lists_expand_to_the_cartesian_product_with_readable_names(tmp_path):

@@ -1,5 +1,9 @@
 """Leaderboard: every variant under one protocol side by side, ranked only against its equals.
 
+A protocol is the evaluation task (`ml_core.evaluation.protocol`); how a variant was trained
+(epochs, loss, learning rate, augmentation, early stopping) is shown beside it, so variants
+that train differently are ranked in one table.
+
 Input is one `Result` per (protocol, variant, fold, seed): the test labels and predictions of an
 evaluation bundle plus its summary numbers. A variant is a registered model with overrides
 (`ml_core.training.variants`); a built-in one is named after its model. Per protocol (never
@@ -52,7 +56,8 @@ class Result:
     """One evaluation bundle: a variant of a model under a protocol on one fold with one seed.
 
     `variant` defaults to the model's name (its built-in variant); `settings` are the
-    variant's overrides."""
+    variant's overrides; `training` its effective training settings
+    (`TrainConfig.training_settings`)."""
 
     model: str
     fold: str
@@ -66,6 +71,7 @@ class Result:
     calibration: dict[str, Any] = field(default_factory=dict)
     variant: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.variant = self.variant or self.model
@@ -180,6 +186,9 @@ def _entry(variant: str, results: list[Result]) -> dict[str, Any]:
         "variant": variant,
         "model": models[0],
         "settings": results[0].settings,
+        "training": results[0].training,
+        # Folds trained with other settings (the variant changed in between): not one entry.
+        "mixed_training": any(r.training != results[0].training for r in results),
         "seeds": sorted({r.seed for r in results}),
         "folds": list(per_fold),
         "per_fold": per_fold,
@@ -243,7 +252,7 @@ def build_protocol_board(protocol: EvaluationProtocol, results: list[Result]) ->
     reference = [f for f in FOLD_NAMES if any(f in e["per_fold"] for e in entries)]
     for e in entries:
         e["missing_folds"] = [f for f in reference if f not in e["per_fold"]]
-        e["complete"] = not e["missing_folds"]
+        e["complete"] = not e["missing_folds"] and not e["mixed_training"]
         e["score"] = _score(e, reference) if e["complete"] else None
     complete = sorted(
         (e for e in entries if e["complete"]), key=lambda e: (-e["score"], e["variant"])
@@ -301,14 +310,20 @@ def sweep_summary(sections: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
-def build_leaderboard(results: list[Result]) -> dict[str, Any]:
-    """Every protocol's board, the protocol with the most results first, and the sweep summary."""
+def build_leaderboard(results: list[Result], refused: list[str] | None = None) -> dict[str, Any]:
+    """Every protocol's board, the protocol with the most results first, and the sweep summary.
+    `refused`: why each stored result that cannot be ranked (a legacy protocol) was left out."""
     by_protocol: dict[EvaluationProtocol, list[Result]] = defaultdict(list)
     for r in results:
         by_protocol[r.protocol].append(r)
     order = sorted(by_protocol, key=lambda p: (-len(by_protocol[p]), p.id))
     sections = [build_protocol_board(p, by_protocol[p]) for p in order]
-    return {"notes": NOTES, "protocols": sections, "sweep_summary": sweep_summary(sections)}
+    return {
+        "notes": NOTES,
+        "protocols": sections,
+        "sweep_summary": sweep_summary(sections),
+        "refused": list(refused or []),
+    }
 
 
 NOTES = [
@@ -322,8 +337,12 @@ NOTES = [
     "stratified validates within-subject. A temperature is applied only when it carries from "
     "one validation group to another (the two people of a LOSO fold, otherwise the time halves "
     "of one person's windows).",
-    "Ranked: only complete entries (every fold of the protocol's reference set), by pooled "
-    "LOSO macro F1. Incomplete entries are listed below, unranked.",
+    "Ranked: only complete entries (every fold of the protocol's reference set, all trained "
+    "with the same settings), by pooled LOSO macro F1. Incomplete entries are listed below, "
+    "unranked.",
+    "training: how each variant was trained (epochs, loss, learning rate, early-stopping "
+    "patience, augmentation); training settings are the variant's, not the protocol's, so "
+    "variants that train differently share a table.",
     "vs best: mean per-fold macro F1 difference from the rank-1 entry over shared LOSO folds "
     "(109 apart) and the Wilcoxon signed-rank p-value, with n folds.",
     "An entry is a variant (a registered model with overrides, named in experiments.yaml; a "
@@ -361,12 +380,19 @@ def _cells(e: dict[str, Any], reference: list[str]) -> list[str]:
     spread = (
         f"{min(by_seed.values()):.3f}–{max(by_seed.values()):.3f}" if len(by_seed) > 1 else MISSING
     )
-    status = "complete" if e["complete"] else "incomplete: no " + ", ".join(e["missing_folds"])
+    status = (
+        "complete"
+        if e["complete"]
+        else "incomplete: no " + ", ".join(e["missing_folds"])
+        if e["missing_folds"]
+        else "incomplete: folds trained with different settings; train them again"
+    )
     apart = e["apart"].get("loso-109")
     return [
         MISSING if e["rank"] is None else str(e["rank"]),
         e["variant"],
         e["model"],
+        format_training(e["training"]),
         pooled_cell,
         loso_cell,
         vs_cell,
@@ -383,6 +409,7 @@ HEADER = [
     "rank",
     "variant",
     "model",
+    "training",
     "pooled LOSO macro F1 [95% CI]",
     "LOSO macro F1 mean ± std (n)",
     "vs best: Δ, Wilcoxon p (n)",
@@ -399,6 +426,21 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
         "| " + " | ".join(r) + " |" for r in rows
     ]
+
+
+def format_training(training: dict[str, Any]) -> str:
+    """Training settings in short: epochs, loss, learning rate, patience, augmentation."""
+    if not training:
+        return MISSING
+    loss = training["loss"]
+    if loss == "focal":
+        loss = f"focal (γ={training['focal_gamma']:g})"
+    patience = training["patience"]
+    augment = "on" if training["augment"]["enabled"] else "off"
+    return (
+        f"{training['epochs']} ep, {loss}, lr {training['lr']:g}, "
+        f"patience {'none' if patience is None else patience}, aug {augment}"
+    )
 
 
 def format_settings(settings: dict[str, Any]) -> str:
@@ -504,6 +546,10 @@ def leaderboard_markdown(board: dict[str, Any], title: str) -> str:
             lines.append("")
     if board.get("sweep_summary"):
         lines += sweep_summary_lines(board["sweep_summary"])
+    if board.get("refused"):
+        lines += [f"## Not ranked: {len(board['refused'])} result(s) under a legacy protocol", ""]
+        lines += [f"- {why}" for why in board["refused"]]
+        lines.append("")
     lines += [f"- {note}" for note in board["notes"]]
     return "\n".join([*lines, ""])
 

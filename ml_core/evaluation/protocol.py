@@ -1,10 +1,15 @@
-"""Evaluation protocols: the settings that make two results comparable, and their short id.
+"""Evaluation protocols: the evaluation task two results must share to be compared, and its id.
 
-Two results may share a leaderboard row or a folder only when they were produced under the
-same protocol: the same window and stride, sampling rate (after decimation), class set, loss
-and epoch budget. The seed is recorded with every result too, but it is not part of the id:
-runs that differ only in seed are replicates of one protocol, and the leaderboard shows their
-spread rather than ranking them apart.
+A protocol is the task, not how a model was trained: window and stride, sampling rate (after
+decimation), class set, the folds' validation rotation (people per LOSO fold) and the metric.
+Results of one protocol share a leaderboard table; results of different protocols never share
+a table or a folder. Training settings (epochs, loss, learning rate, augmentation, early
+stopping) belong to the variant: they are recorded with every result (`training_settings`) and
+shown beside it, so variants that train differently are ranked in one table. The seed is
+recorded too but is not part of the id: runs that differ only in seed are replicates.
+
+Results recorded when the id also covered the loss and the epoch budget are refused
+(`LegacyProtocolError`, saying what to do): their validation also used another macro F1.
 """
 
 from __future__ import annotations
@@ -24,17 +29,34 @@ PROTOCOL_FIELDS: tuple[str, ...] = (
     "stride",
     "decimate",
     "class_set",
-    "loss",
-    "epochs",
     "loso_validation_people",
+    "metric",
 )
-# A protocol field's value before the field existed: at that value it is left out of the id,
-# so results recorded earlier keep their ids (and parse when the field is missing).
-LEGACY_VALUES: dict[str, Any] = {"loso_validation_people": 1}
+# Fields of protocols recorded before training settings moved to the variant.
+LEGACY_FIELDS: tuple[str, ...] = ("loss", "epochs")
+# `ml_core.evaluation.metrics.macro_f1`, for validation and test alike.
+METRIC = "macro_f1_present_classes"
+METRICS = {METRIC: "macro F1 over the classes present in the split's labels"}
 # People who validate each LOSO fold (`ml_core.data.folds.LOSO_VALIDATION_PEOPLE`; kept here as
 # a value so this module stays free of the data stack, and checked equal by a test).
 LOSO_VALIDATION_PEOPLE = 2
 PARAM_PREFIX = "protocol_"
+
+
+class LegacyProtocolError(ValueError):
+    """A result recorded under a protocol id that still covered training settings."""
+
+    def __init__(self, where: str, values: dict[str, Any]) -> None:
+        old = values.get("id", "?")
+        super().__init__(
+            f"{where}: recorded under protocol {old}, whose id also covered training settings "
+            f"({', '.join(f'{k}={values[k]}' for k in LEGACY_FIELDS if k in values)}) and whose "
+            "validation used another macro F1; it is not comparable with current results. "
+            "Train and evaluate it again (materialize trained_model and evaluation_bundle, or "
+            f"`uv run pamap demo`), then delete or move away the folders named {old} under "
+            "models/ and evaluation/ of the data root (for a registered champion: materialize "
+            "champion_model again)."
+        )
 
 
 @dataclass(frozen=True)
@@ -45,15 +67,19 @@ class EvaluationProtocol:
     stride: int  # samples after decimation
     decimate: int  # keep every `decimate`-th row of the 100 Hz recording
     class_set: str
-    loss: str
-    epochs: int
     loso_validation_people: int = LOSO_VALIDATION_PEOPLE  # early stopping and calibration
+    metric: str = METRIC  # validation (early stopping, best.pt) and test
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}; known: {sorted(METRICS)}")
 
     @classmethod
     def of(cls, config: Any) -> EvaluationProtocol:
-        """The protocol of a `ml_core.training.config.TrainConfig` (duck-typed: no torch here)."""
+        """The protocol of a `ml_core.training.config.TrainConfig` (duck-typed: no torch here):
+        its window settings; its training settings are the variant's."""
         w = config.window
-        return cls(w.window, w.stride, w.decimate, w.class_set, config.loss, config.epochs)
+        return cls(w.window, w.stride, w.decimate, w.class_set)
 
     @property
     def sampling_rate_hz(self) -> float:
@@ -70,8 +96,7 @@ class EvaluationProtocol:
     @property
     def id(self) -> str:
         """`p` + 8 hex digits of the SHA-256 of the fields: short, stable, a valid folder name."""
-        fields = {k: v for k, v in asdict(self).items() if LEGACY_VALUES.get(k, object()) != v}
-        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
         return "p" + hashlib.sha256(canonical.encode()).hexdigest()[:8]
 
     def describe(self) -> str:
@@ -80,8 +105,9 @@ class EvaluationProtocol:
         return (
             f"protocol {self.id}: {self.window}-sample windows ({self.window_s:g} s), stride "
             f"{self.stride} ({self.stride_s:g} s), {self.sampling_rate_hz:g} Hz, class set "
-            f"{self.class_set} ({len(classes)} classes), loss {self.loss}, {self.epochs} epochs, "
-            f"{self.loso_validation_people} validation person(s) per LOSO fold"
+            f"{self.class_set} ({len(classes)} classes), "
+            f"{self.loso_validation_people} validation person(s) per LOSO fold, "
+            f"{METRICS[self.metric]}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,11 +123,12 @@ class EvaluationProtocol:
         }
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> EvaluationProtocol:
-        """Inverse of `to_dict`; a recorded id that does not match its fields is an error."""
-        protocol = cls(
-            **{k: values[k] if k in values else LEGACY_VALUES[k] for k in PROTOCOL_FIELDS}
-        )
+    def from_dict(cls, values: dict[str, Any], where: str = "a result") -> EvaluationProtocol:
+        """Inverse of `to_dict`; a recorded id that does not match its fields is an error, and
+        a protocol recorded with training settings is a `LegacyProtocolError`."""
+        if any(k in values for k in LEGACY_FIELDS):
+            raise LegacyProtocolError(where, values)
+        protocol = cls(**{k: values[k] for k in PROTOCOL_FIELDS})
         if "id" in values and values["id"] != protocol.id:
             raise ValueError(
                 f"protocol id {values['id']!r} does not match its fields (expected {protocol.id})"
@@ -113,15 +140,17 @@ class EvaluationProtocol:
         return {f"{PARAM_PREFIX}{k}": v for k, v in self.to_dict().items()}
 
     @classmethod
-    def from_params(cls, params: dict[str, str]) -> EvaluationProtocol:
-        """Inverse of `to_params` (MLflow returns every param as a string); a run logged before
-        a field existed lacks its param and reads as that field's legacy value."""
+    def from_params(
+        cls, params: dict[str, str], where: str = "an MLflow run"
+    ) -> EvaluationProtocol:
+        """Inverse of `to_params` (MLflow returns every param as a string); a run logged under
+        a protocol with training settings is a `LegacyProtocolError`."""
         integers = {f.name for f in fields(cls) if f.type in ("int", int)}
         values: dict[str, Any] = {}
-        for key in (*PROTOCOL_FIELDS, "id"):
+        for key in (*PROTOCOL_FIELDS, *LEGACY_FIELDS, "id"):
             if (text := params.get(f"{PARAM_PREFIX}{key}")) is not None:
                 values[key] = int(text) if key in integers else text
-        return cls.from_dict(values)
+        return cls.from_dict(values, where)
 
 
 @dataclass(frozen=True)

@@ -290,7 +290,7 @@ def load_registered_model(
             "materialize champion_model first"
         ) from exc
     params = client.get_run(str(version.run_id)).data.params
-    protocol = EvaluationProtocol.from_params(params)
+    protocol = EvaluationProtocol.from_params(params, f"model {name}@{alias}")
     mlflow.set_tracking_uri(tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 _MODEL_MODULES: dict[str, str] = {
@@ -35,12 +35,15 @@ class ModelSpec:
     training forward pass: the training loop adds it to the classification loss.
     kind "sklearn": `build(...)` returns an object with `fit(x, present, y)` and
     `predict_proba(x, present)` over the same per-modality arrays.
+    train_defaults: training settings (`TrainConfig` fields such as epochs or lr) this model
+    trains with unless a variant or the run says otherwise: its built-in variant sets them.
     """
 
     name: str
     kind: Literal["torch", "sklearn"]
     config_cls: type[Any]
     build: Callable[..., Any]
+    train_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 def model_names() -> list[str]:

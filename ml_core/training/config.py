@@ -156,6 +156,27 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def training_settings(self) -> dict[str, Any]:
+        """How the model was trained: the variant's side of a result (the protocol is the
+        evaluation task). Recorded with every result and shown on the leaderboard."""
+        return {k: getattr(self, k) for k in TRAINING_SETTINGS} | {"augment": asdict(self.augment)}
+
+
+# What `training_settings` records (with the augmentation's settings).
+TRAINING_SETTINGS: tuple[str, ...] = (
+    "epochs",
+    "loss",
+    "focal_gamma",
+    "lr",
+    "batch_size",
+    "weight_decay",
+    "warmup_steps",
+    "grad_clip",
+    "patience",
+    "balanced_sampling",
+    "loss_class_weights",
+)
+
 
 def make_train_config(values: dict[str, Any]) -> TrainConfig:
     """A TrainConfig from flat settings (window fields beside the training ones)."""

@@ -234,6 +234,7 @@ class _Run:
                 "model_name": self.model_name,
                 "fold": self.fold,
                 "protocol": EvaluationProtocol.of(self.config).to_dict(),
+                "training": self.config.training_settings(),
                 "seed": self.config.seed,
                 "best_metric": ckpt["best_metric"],
                 "best_epoch": ckpt["best_epoch"],

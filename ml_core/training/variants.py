@@ -1,12 +1,16 @@
 """Model variants: a registered model plus overrides, named in a versioned file (experiments.yaml).
 
 A variant is what the model dimension of fold x model trains: a registered model, overrides of
-its hyperparameters (`model_args`) and of the training settings, and the protocol settings
-(window, stride, decimate, class_set, loss, epochs, seed, and `seeds`: how many trainings,
-with seeds seed, seed + 1, ...). A list of values for a setting expands into the Cartesian
-product (a sweep); each variant gets a readable name made from the entry's name and the swept
-values, e.g. `lstm_sweep-lr=0.002-m.hidden=64`, stable when values are added to or reordered in
-a list. The registered models with their defaults are the built-in variants.
+its hyperparameters (`model_args`), its training settings (epochs, loss, lr, early stopping,
+seed, and `seeds`: how many trainings, with seeds seed, seed + 1, ...) and the window settings
+(window, stride, decimate, class_set). Training settings are the variant's own: variants that
+differ only in them share a protocol and are ranked in one leaderboard table; the window
+settings are part of the protocol (the evaluation task). A list of values for a setting
+expands into the Cartesian product (a sweep); each variant gets a readable name made from the
+entry's name and the swept values, e.g. `lstm_sweep-lr=0.002-m.hidden=64`, stable when values
+are added to or reordered in a list. The registered models with their defaults are the
+built-in variants; a model's own training defaults (`ModelSpec.train_defaults`, e.g. more
+epochs) are its built-in variant's settings.
 
 `load_variants` validates everything before returning anything: an unknown model, an unknown
 setting or a bad value is one `VariantError` that names the file, the line, the variant and
@@ -124,8 +128,12 @@ class Variant:
 
 
 def builtin_variants() -> list[Variant]:
-    """Each registered model with its defaults, named after the model."""
-    return [Variant(name=name, model=name) for name in model_names()]
+    """Each registered model with its defaults (and its own training defaults), named after
+    the model."""
+    return [
+        Variant(name=name, model=name, train=dict(get_spec(name).train_defaults))
+        for name in model_names()
+    ]
 
 
 # --- reading the file --------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Train stage: one model per fold x variant partition, then its evaluation bundle.
 
 The model dimension holds variants (`orchestration.defs.partitions`). How a file variant and
-the launchpad's run config combine: the settings the variant names (training, window and
-protocol settings, `seeds`, and each of its `model_args`, merged key by key into
+the launchpad's run config combine: the settings the variant names (training and window
+settings, `seeds`, and each of its `model_args`, merged key by key into
 `model_overrides`) override the run config; everything it does not name comes from the run
 config. The effective config, and which run config values the variant replaced, are recorded
 in the asset metadata.
@@ -133,8 +133,9 @@ def trained_model(
     """A variant's model trained by `ml_core` on one fold: `best.pt`, `last.pt` and
     `history.json` under `data/models/<fold>/<variant>/<protocol id>/seed-<seed>/`, one MLflow
     run per seed tagged with the variant. A file variant's settings override the run config
-    (the rest comes from it); another protocol (window, stride, rate, class set, loss, epochs)
-    is stored beside, never over. A retry resumes from `last.pt`."""
+    (the rest comes from it); another protocol (window, stride, rate, class set) is stored
+    beside, never over; training settings are recorded with the result. A retry resumes from
+    `last.pt`."""
     from ml_core import pipeline
     from ml_core.models import make_config
 

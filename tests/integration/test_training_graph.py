@@ -183,7 +183,10 @@ def test_every_result_records_its_protocol(
     protocol = summary["protocol"]
     assert history["protocol"] == protocol and protocol["id"] == model_dir.parent.name
     assert (protocol["window"], protocol["stride"], protocol["sampling_rate_hz"]) == (256, 128, 100)
-    assert (protocol["window_s"], protocol["epochs"], summary["seed"]) == (2.56, 2, 0)
+    assert (protocol["window_s"], summary["seed"]) == (2.56, 0)
+    # Training settings are recorded beside the protocol, not in it.
+    assert "epochs" not in protocol and summary["training"]["epochs"] == 2
+    assert history["training"] == summary["training"]
     assert summary["validation_subjects"] == [105]
     client = MlflowClient(tracking_uri=tracking_uri)
     (run,) = client.search_runs(
