@@ -392,7 +392,7 @@ def _cells(e: dict[str, Any], reference: list[str]) -> list[str]:
         MISSING if e["rank"] is None else str(e["rank"]),
         e["variant"],
         e["model"],
-        format_training(e["training"]),
+        format_training(e.get("training", {})),  # absent from boards saved before it existed
         pooled_cell,
         loso_cell,
         vs_cell,
