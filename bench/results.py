@@ -72,7 +72,7 @@ def results_page(root: Path, command: str, image: str | None) -> str:
         f"- Produced by: `{command}`; leaderboard written {written}.",
         f"- Code: commit `{commit()}`.",
         f"- Protocols: {protocols} (each section below names its window, stride, rate, class set,",
-        "  loss, epochs and validation people).",
+        "  validation people and metric; each row its training settings).",
         "",
         "```bash",
         command,
