@@ -13,6 +13,7 @@ own data root and instance).
 
 from __future__ import annotations
 
+import argparse
 import ast
 import contextlib
 import importlib
@@ -429,3 +430,18 @@ def test_cheap_documented_commands_run(tmp_path: Path, monkeypatch: pytest.Monke
         runs = instance.get_runs()
         assert runs and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
         assert set(variant_names()) <= set(instance.get_dynamic_partitions("variant"))
+
+
+def test_every_pamap_subcommand_is_in_the_cookbook() -> None:
+    """A new `pamap` subcommand gets a line in docs/cli.md, where users look for it."""
+    parser = build_parser()
+    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    shown = {
+        c.argv[1 + c.argv[1:].index(name)]
+        for c in shell_commands(ROOT / "docs" / "cli.md")
+        if c.argv[0] == "pamap"
+        for name in subparsers.choices
+        if name in c.argv[1:]
+    }
+    missing = sorted(set(subparsers.choices) - shown)
+    assert not missing, f"docs/cli.md shows no `uv run pamap {missing[0]} …`: add it"
