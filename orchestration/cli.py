@@ -6,97 +6,24 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ml_core.data.folds import FOLD_NAMES
 from ml_core.models import model_names
 from ml_core.paths import PROJECT_ROOT, DataPaths, default_data_root
+from orchestration.interrupts import Interrupted, raise_on_stop_signals, run_stoppable
+from orchestration.servers import DAGSTER_PORT, MLFLOW_PORT, run_servers, where_to_look
 
-DAGSTER_PORT = 3000
-MLFLOW_PORT = 5000
+if TYPE_CHECKING:
+    from orchestration.demo import Progress
 
 
 def _use_project_instance() -> None:
     """Share one persistent Dagster instance between this command, `dagster dev` and the daemon."""
     os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT))
-
-
-def tracking_uri(paths: DataPaths) -> str:
-    """Where the platform logs: env `MLFLOW_TRACKING_URI`, else the SQLite store in the data root
-    (what the `mlflow` resource resolves to)."""
-    return (
-        os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.root / 'mlflow' / 'mlflow.db'}"
-    )
-
-
-def ui_commands(paths: DataPaths) -> dict[str, list[str]]:
-    """The UI servers `pamap ui` starts, bound to 127.0.0.1: Dagster's webserver with its daemon
-    (`dagster dev`), and MLflow's UI unless the tracking URI is already a server."""
-    bin_dir = Path(sys.executable).parent
-    commands = {
-        "dagster": [
-            str(bin_dir / "dagster"),
-            "dev",
-            "-w",
-            str(PROJECT_ROOT / "workspace.yaml"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(DAGSTER_PORT),
-        ]
-    }
-    uri = tracking_uri(paths)
-    if not uri.startswith(("http://", "https://")):
-        commands["mlflow"] = [
-            str(bin_dir / "mlflow"),
-            "ui",
-            "--backend-store-uri",
-            uri,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(MLFLOW_PORT),
-        ]
-    return commands
-
-
-def experiment_url(paths: DataPaths) -> str:
-    """The `pamap2` experiment in MLflow's model-training view (its UI otherwise opens new
-    browsers in the GenAI view, on an empty Traces page)."""
-    from ml_core.lifecycle.tracking import MlflowTracker
-
-    (paths.root / "mlflow").mkdir(parents=True, exist_ok=True)  # the SQLite store's folder
-    return MlflowTracker(tracking_uri(paths)).experiment_url()
-
-
-def where_to_look(paths: DataPaths, dagster_home: str) -> str:
-    """Commands that work as printed, from the project folder."""
-    uri = tracking_uri(paths)
-    data_root = shlex.quote(str(paths.root))
-    lines = [
-        "where to look (run from the project folder):",
-        f"  both UIs   : uv run pamap --data-root {data_root} ui"
-        f"  (Dagster http://127.0.0.1:{DAGSTER_PORT}, MLflow http://127.0.0.1:{MLFLOW_PORT})",
-        f"  Dagster UI : DAGSTER_HOME={shlex.quote(dagster_home)} PAMAP_DATA_ROOT={data_root} "
-        "uv run dagster dev -h 127.0.0.1",
-    ]
-    if uri.startswith(("http://", "https://")):
-        lines.append(f"  MLflow UI  : {uri}")
-    else:
-        lines.append(
-            f"  MLflow UI  : uv run mlflow ui --backend-store-uri {shlex.quote(uri)} "
-            "--host 127.0.0.1"
-        )
-    lines.append(f"  MLflow runs: {experiment_url(paths)}")
-    lines.append(
-        f"  files      : {paths.root} (reports/leaderboard.md, "
-        "evaluation/<fold>/<variant>/<protocol id>/seed-<n>/)"
-    )
-    return "\n".join(lines)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -112,44 +39,42 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     _use_project_instance()
-    from orchestration.demo import run_demo
+    from orchestration import demo
 
-    return run_demo(
-        data_root=Path(args.data_root).resolve(),
-        models=args.models,
-        folds=args.folds,
-        scale=args.scale,
-        force=args.force,
-        class_set=args.class_set,
-    )
+    progress = demo.Progress()
+    args.progress = progress  # for the line printed if it is stopped
+
+    def abandon(signum: int) -> None:
+        demo.settle_runs(os.getpid(), signum)
+        print(_stopped_line(args, Interrupted(signum), progress), flush=True)
+
+    try:
+        summary = run_stoppable(
+            lambda: demo.run_demo(
+                data_root=Path(args.data_root).resolve(),
+                models=args.models,
+                folds=args.folds,
+                scale=args.scale,
+                force=args.force,
+                class_set=args.class_set,
+                progress=progress,
+            ),
+            on_stop=lambda signum: demo.cancel_runs(os.getpid()),
+            on_abandon=abandon,
+        )
+    except Interrupted as stop:
+        demo.settle_runs(os.getpid(), stop.signum)
+        raise
+    print("\n" + summary.leaderboard)
+    print(summary.timing)
+    print("\n" + where_to_look(DataPaths(Path(args.data_root).resolve()), summary.dagster_home))
+    return 0
 
 
 def _ui(args: argparse.Namespace) -> int:
     _use_project_instance()
     paths = DataPaths(Path(args.data_root).resolve())
-    (paths.root / "mlflow").mkdir(parents=True, exist_ok=True)
-    servers = {
-        name: subprocess.Popen(command, cwd=PROJECT_ROOT)
-        for name, command in ui_commands(paths).items()
-    }
-    home = os.environ["DAGSTER_HOME"]
-    print(f"Dagster UI and daemon: http://127.0.0.1:{DAGSTER_PORT}  (DAGSTER_HOME={home})")
-    if "mlflow" in servers:
-        print(f"MLflow UI: {experiment_url(paths)}  ({tracking_uri(paths)})")
-    print("Ctrl-C stops both.", flush=True)
-    try:
-        while all(p.poll() is None for p in servers.values()):
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for server in servers.values():
-            if server.poll() is None:
-                server.terminate()
-        for server in servers.values():
-            server.wait(timeout=30)
-    failed = [name for name, p in servers.items() if p.returncode not in (0, -15, None)]
-    return 1 if failed else 0
+    return run_servers(paths, args.dagster_port, args.mlflow_port)
 
 
 def _fetch(args: argparse.Namespace) -> int:
@@ -242,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"start the Dagster UI with its daemon (127.0.0.1:{DAGSTER_PORT}) and the MLflow UI "
         f"(127.0.0.1:{MLFLOW_PORT}) on the project's instance and store",
     )
+    ui.add_argument("--dagster-port", type=int, default=DAGSTER_PORT)
+    ui.add_argument("--mlflow-port", type=int, default=MLFLOW_PORT)
     ui.set_defaults(func=_ui)
 
     fetch = sub.add_parser(
@@ -262,11 +189,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a stopped command kept, and what running it again does.
+_AFTER_STOP = {
+    "demo": ("no step had started", "starts it"),
+    "ui": ("both servers and the processes they started are stopped", "starts them again"),
+    "synth": ("each file written so far is complete (files are written whole)", "writes the set"),
+    "fetch": ("nothing partial is kept (files go into place only once verified)", "downloads it"),
+    "variants": ("nothing partial is kept", "runs it again"),
+}
+
+
+def _stopped_line(args: argparse.Namespace, stop: Interrupted, progress: Progress | None) -> str:
+    """The last line of a stopped command: what was finished and how to resume."""
+    again = "uv run pamap " + shlex.join(args.argv)
+    if progress is not None:
+        kept, resumes = progress.describe()
+    else:
+        kept, resumes = _AFTER_STOP[args.command]
+    return f"pamap {args.command} stopped by {stop.signal_name}: {kept}; `{again}` {resumes}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     # Assets read the data root from the environment, so runs started here see the same one.
     os.environ["PAMAP_DATA_ROOT"] = str(Path(args.data_root).resolve())
-    return args.func(args)
+    try:
+        with raise_on_stop_signals():
+            return args.func(args)
+    except Interrupted as stop:
+        print(_stopped_line(args, stop, getattr(args, "progress", None)), flush=True)
+        sys.stderr.flush()
+        # Everything is settled and flushed: skip the interpreter's teardown, whose final garbage
+        # collection of the demo's large heap alone can take a minute on a busy machine.
+        os._exit(stop.exit_status)
 
 
 if __name__ == "__main__":

@@ -5,16 +5,22 @@ materialization with its metadata. What runs is what Dagster reports as missing 
 UI's badges): the raw files are observed first, then each stage asks Dagster, after the stage
 before it ran, which of its partitions are missing or stale (a changed file, new upstream
 content, a bumped code version). `--force` redoes everything.
+
+Stopping (`orchestration.interrupts`): a stop signal cancels the run in progress the way Dagster
+cancels one (the step fails, the run ends CANCELED, its pool slot is freed); what finished stays.
+The next demo redoes only what is missing, and trains an interrupted fold x model from its last
+checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 import warnings
 from collections.abc import Sequence, Sized
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import dagster as dg
@@ -25,6 +31,7 @@ from ml_core.evaluation.protocol import EvaluationProtocol, read_latest_training
 from ml_core.models import model_names
 from ml_core.paths import DataPaths
 from ml_core.training.train import TrainConfig
+from orchestration.interrupts import stop_requested
 from orchestration.staleness import PartitionKey, Staleness, observe_raw_files
 
 DEFAULT_DEMO_MODELS: list[str] = ["feature_gbm", "temporal_cnn"]
@@ -39,7 +46,39 @@ _UNFINISHED = [
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
 ]
+
+
+@dataclass
+class Progress:
+    """What this demo has finished, for the line printed when it is stopped."""
+
+    done: list[str] = field(default_factory=list)
+    current: str | None = None  # the run in progress
+    training: bool = False  # whether it trains (and so resumes from a checkpoint)
+
+    def describe(self) -> tuple[str, str]:
+        """(what is finished and kept, what running the demo again does)."""
+        kept = f"{len(self.done)} run(s) finished in this demo and kept" + (
+            f" (last: {self.done[-1]})" if self.done else ""
+        )
+        if self.current is None:
+            return kept, "resumes: it redoes only what is missing or stale"
+        return (
+            f"{kept}; {self.current} was interrupted and its run canceled",
+            f"resumes: it skips what is finished and retries {self.current}"
+            + (" from its last checkpoint" if self.training else ""),
+        )
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What the demo ends with: the leaderboard, where the time went, the instance it used."""
+
+    leaderboard: str
+    timing: str
+    dagster_home: str
 
 
 @dataclass
@@ -59,8 +98,12 @@ def _run(
     assets: Sequence[str],
     partition_key: str | dg.MultiPartitionKey | None = None,
     run_config: dict | None = None,
+    progress: Progress | None = None,
 ) -> None:
     started = time.perf_counter()
+    progress = progress if progress is not None else Progress()
+    progress.current = label
+    progress.training = job.name == "training_job"
     result = job.execute_in_process(
         instance=instance,
         partition_key=partition_key,
@@ -69,6 +112,11 @@ def _run(
         raise_on_error=False,
         tags={PID_TAG: str(os.getpid())},
     )
+    stop = stop_requested()
+    if stop is not None:  # Dagster records an interrupted step as failed and returns
+        raise stop
+    progress.current = None
+    progress.done.append(label)
     wall = time.perf_counter() - started
     step_ms = sum(e.step_success_data.duration_ms for e in result.get_step_success_events())
     timing.wall_s += wall
@@ -108,6 +156,57 @@ def release_abandoned_runs(instance: dg.DagsterInstance) -> list[str]:
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         released.append(run.run_id)
     return released
+
+
+def _runs_of(instance: dg.DagsterInstance, pid: int) -> list[dg.DagsterRun]:
+    filters = dg.RunsFilter(statuses=_UNFINISHED, tags={PID_TAG: str(pid)})
+    return list(instance.get_runs(filters=filters))
+
+
+def cancel_runs(pid: int) -> None:
+    """Ask Dagster to cancel the runs demo process `pid` has in progress: marked CANCELING, a run
+    whose step then fails ends CANCELED, as when it is terminated from the UI."""
+    with dg.DagsterInstance.get() as instance:
+        for run in _runs_of(instance, pid):
+            instance.report_run_canceling(run, message="pamap demo was asked to stop")
+
+
+def settle_runs(pid: int, signum: int) -> list[str]:
+    """After demo process `pid` was stopped: mark canceled its runs that did not end, and free
+    the `training` pool slots its runs hold (Dagster frees a step's slot when the step ends; this
+    covers a run stopped at another point). Dagster has no public call to free slots: this is
+    what the UI's "free concurrency slots" does. Returns the runs it marked canceled."""
+    settled = []
+    with dg.DagsterInstance.get() as instance:
+        for run in _runs_of(instance, pid):
+            message = f"pamap demo stopped by {signal.Signals(signum).name}"
+            instance.report_run_canceled(run, message=message)
+            settled.append(run.run_id)
+        for run in instance.get_runs(filters=dg.RunsFilter(tags={PID_TAG: str(pid)}), limit=5):
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+    return settled
+
+
+def _interrupted(instance: dg.DagsterInstance, key: dg.MultiPartitionKey) -> bool:
+    """The latest training run of `key` did not finish (stopped, killed or failed)."""
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(job_name="training_job", tags={"dagster/partition": str(key)}),
+        limit=1,
+    )
+    return bool(runs) and runs[0].status in (
+        dg.DagsterRunStatus.CANCELED,
+        dg.DagsterRunStatus.FAILURE,
+    )
+
+
+def _with_resume(run_config: dict) -> dict:
+    """`run_config` with the training continuing its last checkpoint (`last.pt`), where one of
+    the same model, config and data exists; otherwise the training starts afresh."""
+    ops = run_config["ops"]
+    trained = ops["trained_model"]
+    return run_config | {
+        "ops": ops | {"trained_model": trained | {"config": trained["config"] | {"resume": True}}}
+    }
 
 
 def _say_if_up_to_date(done: Sized | int) -> None:
@@ -155,9 +254,11 @@ def run_demo(
     scale: str = "demo",
     force: bool = False,
     class_set: str | None = None,
-) -> int:
+    progress: Progress | None = None,
+) -> Summary:
+    """Materialize what is missing or stale, printing a line per run; `progress` records what
+    finished. Raises `Interrupted` when the command is stopped (see `run_stoppable`)."""
     from ml_core.data.synthetic import write_dataset
-    from orchestration.cli import where_to_look
     from orchestration.definitions import defs as load_defs
     from orchestration.defs.partitions import register_variants
 
@@ -202,6 +303,7 @@ def run_demo(
     # The built-in variants (one per registered model) are the model partitions it trains.
     register_variants(instance, model_names())
     timing = Timing()
+    progress = progress if progress is not None else Progress()
     ingest = definitions.resolve_job_def("ingest_job")
     prepare = definitions.resolve_job_def("prepare_job")
     training = definitions.resolve_job_def("training_job")
@@ -217,7 +319,9 @@ def run_demo(
         redo = force or _missing(_ingest_outputs(paths, subject))
         assets = _to_redo(staleness, INGEST_CHAIN, str(subject), redo)
         if assets:
-            _run(ingest, instance, timing, f"subject {subject}", assets, str(subject))
+            _run(
+                ingest, instance, timing, f"subject {subject}", assets, str(subject), None, progress
+            )
             ingested += 1
     _say_if_up_to_date(ingested)
 
@@ -228,7 +332,7 @@ def run_demo(
         redo = force or _missing(_prepare_outputs(paths, fold))
         assets = _to_redo(staleness, PREPARE_CHAIN, fold, redo)
         if assets:
-            _run(prepare, instance, timing, f"fold {fold}", assets, fold)
+            _run(prepare, instance, timing, f"fold {fold}", assets, fold, None, progress)
             prepared += 1
     _say_if_up_to_date(prepared)
 
@@ -247,6 +351,10 @@ def run_demo(
                 force or not _trained_under(paths, fold, model, protocol.id),
             )
             if assets:
+                run_config = training_run_config
+                if not force and _interrupted(instance, key):
+                    print(f"  {fold} x {model}: its last run did not finish; resuming its training")
+                    run_config = _with_resume(training_run_config)
                 _run(
                     training,
                     instance,
@@ -254,7 +362,8 @@ def run_demo(
                     f"{fold} x {model}",
                     assets,
                     key,
-                    run_config=training_run_config,
+                    run_config,
+                    progress,
                 )
                 trained += 1
     _say_if_up_to_date(trained)
@@ -262,19 +371,19 @@ def run_demo(
     print("4/4 leaderboard")
     redo = force or _missing([paths.reports / "leaderboard.md"])
     if trained or _to_redo(Staleness(instance, definitions), ("leaderboard",), None, redo):
-        _run(report, instance, timing, "leaderboard", ["leaderboard"])
+        _run(report, instance, timing, "leaderboard", ["leaderboard"], None, None, progress)
     else:
         _say_if_up_to_date(0)
     board = (paths.reports / "leaderboard.md").read_text()
     total = time.perf_counter() - began
-
-    print("\n" + board)
     orchestrated = total - synth_s  # wall time of everything but writing the synthetic files
     overhead = max(orchestrated - timing.step_s, 0.0)
-    print(
-        f"done in {total:.1f}s ({synth_s:.1f}s writing synthetic data): {timing.runs} runs, "
-        f"{timing.step_s:.1f}s inside asset steps, orchestration overhead {overhead:.1f}s "
-        f"({100 * overhead / max(orchestrated, 1e-9):.1f}% of {orchestrated:.1f}s)"
+    return Summary(
+        leaderboard=board,
+        timing=(
+            f"done in {total:.1f}s ({synth_s:.1f}s writing synthetic data): {timing.runs} runs, "
+            f"{timing.step_s:.1f}s inside asset steps, orchestration overhead {overhead:.1f}s "
+            f"({100 * overhead / max(orchestrated, 1e-9):.1f}% of {orchestrated:.1f}s)"
+        ),
+        dagster_home=str(instance.root_directory),
     )
-    print("\n" + where_to_look(paths, str(instance.root_directory)))
-    return 0

@@ -13,7 +13,8 @@ from mlflow.tracking import MlflowClient
 from ml_core.data.folds import FOLD_NAMES
 from ml_core.models import model_names
 from ml_core.paths import DataPaths
-from orchestration.cli import build_parser, ui_commands, where_to_look
+from orchestration.cli import build_parser
+from orchestration.servers import ui_commands, where_to_look
 
 
 @pytest.mark.parametrize(
