@@ -22,7 +22,7 @@ from ml_core.paths import PROJECT_ROOT, DataPaths
 
 DAGSTER_PORT = 3000
 MLFLOW_PORT = 5000
-STOP_TIMEOUT_S = 10.0  # how long a server group gets to exit on SIGTERM before SIGKILL
+STOP_TIMEOUT_S = 5.0  # how long a server group gets to exit on SIGTERM before SIGKILL
 
 
 def tracking_uri(paths: DataPaths) -> str:
@@ -143,15 +143,16 @@ def run_servers(
     """`pamap ui`: start the servers and wait until one exits or the command is stopped
     (`Interrupted`, raised by the caller's signal handlers); either way every server group is
     stopped before this returns or raises."""
-    (paths.root / "mlflow").mkdir(parents=True, exist_ok=True)
+    commands = ui_commands(paths, dagster_port, mlflow_port)
+    # Before the MLflow server starts: this creates the store, and two creators race.
+    url = experiment_url(paths, mlflow_port) if "mlflow" in commands else None
     servers: dict[str, subprocess.Popen] = {}
     try:
-        for name, command in ui_commands(paths, dagster_port, mlflow_port).items():
+        for name, command in commands.items():
             servers[name] = start_group(command)
         home = os.environ["DAGSTER_HOME"]
         print(f"Dagster UI and daemon: http://127.0.0.1:{dagster_port}  (DAGSTER_HOME={home})")
-        if "mlflow" in servers:
-            url = experiment_url(paths, mlflow_port)
+        if url is not None:
             print(f"MLflow UI: {url}  ({tracking_uri(paths)})")
         print("Ctrl-C (or SIGTERM, SIGHUP) stops both.", flush=True)
         while all(p.poll() is None for p in servers.values()):

@@ -186,7 +186,7 @@ def test_a_stopped_demo_cancels_its_run_and_the_next_one_resumes(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
 def test_pamap_ui_stops_both_servers_and_their_children(
     signum: signal.Signals, tmp_path: Path
 ) -> None:
