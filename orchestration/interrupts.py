@@ -126,7 +126,10 @@ def run_stoppable(
         _stop_signal.append(signum)
         stopped_at.append(time.monotonic())
         _stop.set()
-        on_stop(signum)
+        try:
+            on_stop(signum)
+        except Exception as exc:  # the work must still be stopped; settling comes after it
+            print(f"while stopping: {exc}", file=sys.stderr)
         if worker.is_alive():
             _raise_in(worker)
 

@@ -3,8 +3,12 @@ goes before or after the subcommand, and the printed commands exist and bind to 
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,7 @@ from ml_core.data.folds import FOLD_NAMES
 from ml_core.models import model_names
 from ml_core.paths import DataPaths
 from orchestration.cli import build_parser
+from orchestration.interrupts import Interrupted, run_stoppable
 from orchestration.servers import ui_commands, where_to_look
 
 
@@ -87,3 +92,26 @@ def test_where_to_look_names_programs_that_uv_run_finds(
         f"  MLflow runs: http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}"
         "?workflowType=machine_learning"
     ) in text.splitlines()
+
+
+def test_a_stop_signal_interrupts_work_running_in_the_worker_thread() -> None:
+    """The main thread keeps the signals while the work runs elsewhere (Dagster replaces the
+    handlers of the thread that executes a run): the signal stops the work promptly, and the
+    command ends with 128 + the signal's number."""
+    stopped: list[int] = []
+    before = signal.getsignal(signal.SIGTERM)
+
+    def work() -> None:
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # pure Python: interruptible between instructions
+            sum(range(1000))
+        raise AssertionError("the work was not interrupted")
+
+    started = time.monotonic()
+    with pytest.raises(Interrupted) as stop:
+        run_stoppable(work, on_stop=stopped.append, on_abandon=lambda signum: None)
+    assert time.monotonic() - started < 10
+    assert stopped == [signal.SIGTERM]
+    assert stop.value.signal_name == "SIGTERM" and stop.value.exit_status == 143
+    assert signal.getsignal(signal.SIGTERM) == before
