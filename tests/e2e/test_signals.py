@@ -115,6 +115,7 @@ def _unfinished_runs(home: Path) -> list[dg.DagsterRun]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # four demo runs; like the demo test, slow on a loaded machine
 def test_a_stopped_demo_cancels_its_run_and_the_next_one_resumes(
     tiny_raw: Path, tmp_path: Path
 ) -> None:
