@@ -382,3 +382,16 @@ def test_entries_are_variants_and_the_sweep_summary_picks_each_models_best() -> 
 
 def entry_of(board: dict, variant: str, protocol: EvaluationProtocol) -> dict:
     return next(e for e in section(board, protocol)["rows"] if e["variant"] == variant)
+
+
+def test_collecting_results_refuses_a_bundle_under_a_legacy_protocol(tmp_path: Path) -> None:
+    from ml_core.paths import DataPaths
+    from ml_core.pipeline import collect_results
+
+    bundle = tmp_path / "evaluation" / "loso-101" / "lstm" / "p0b263e62" / "seed-0"
+    bundle.mkdir(parents=True)
+    summary = {"protocol": LEGACY, "fold": "loso-101", "model": "lstm", "seed": 0}
+    (bundle / "summary_metrics.json").write_text(json.dumps(summary))
+    results, refused = collect_results(DataPaths(tmp_path))
+    assert results == [] and len(refused) == 1
+    assert str(bundle) in refused[0] and "Train and evaluate it again" in refused[0]
