@@ -184,3 +184,17 @@ def test_pamap_variants_lists_or_refuses(tmp_path, capsys):
     assert f"{bad}:4: variant 's', setting 'window': WindowConfig.window must be >= 2" in (
         captured.err
     )
+
+
+def test_a_variant_sets_the_augmentation_and_an_unknown_field_names_its_line(tmp_path):
+    path = _write(
+        tmp_path,
+        "variants:\n  plain:\n    model: lstm\n    augment: {enabled: false, jitter_std: 0.1}\n",
+    )
+    plain = _file_variants(path)["plain"]
+    config = plain.train_config()
+    assert not config.augment.enabled and config.augment.jitter_std == 0.1
+    assert config.training_settings()["augment"]["enabled"] is False
+    bad = _write(tmp_path, "variants:\n  bad:\n    model: lstm\n    augment: {shear: 1}\n")
+    with pytest.raises(VariantError, match=r"experiments.yaml:4: .*'augment'.*shear"):
+        load_variants(bad)

@@ -19,6 +19,7 @@ the setting of every problem.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import types
@@ -53,6 +54,7 @@ TRAIN_SETTINGS = (
     "loss_class_weights",
     "patience",
     "seed",
+    "augment",  # a mapping of AugmentConfig fields, e.g. {enabled: false}
 )
 ENTRY_KEYS = ("model", "description", "model_args", "seeds")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -191,6 +193,8 @@ def _check_type(value: Any, hint: Any) -> str | None:
             return None
         if typing.get_origin(option) is typing.Literal and isinstance(value, str):
             return None  # the config's own check names the allowed values
+        if dataclasses.is_dataclass(option) and isinstance(value, dict):
+            return None  # its fields: the dataclass's own check names an unknown one
     expected = " or ".join("null" if o is type(None) else _type_name(o) for o in options)
     return f"expected {expected}, got {value!r}"
 
