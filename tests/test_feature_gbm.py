@@ -311,3 +311,25 @@ def test_cached_features_match_the_fold_path_and_are_computed_once_per_data_vers
 def _all(data: WindowData) -> tuple[dict, dict]:
     batch = data.batch(torch.arange(len(data)))
     return batch.x, batch.present
+
+
+def test_validation_windows_stop_the_boosting_once_their_loss_stops_improving() -> None:
+    x, present, y = windows(300, 32, seed=5)
+    features = FeatureGBM(FeatureGBMConfig(), 3, CHANNELS).features(x, present)
+    val_x, val_present, val_y = windows(150, 32, seed=6)
+    val_features = FeatureGBM(FeatureGBMConfig(), 3, CHANNELS).features(val_x, val_present)
+    shuffled = val_y[torch.randperm(150, generator=torch.Generator().manual_seed(0))]
+
+    def iterations(config: FeatureGBMConfig, labels: torch.Tensor | None) -> int:
+        model = FeatureGBM(config, 3, CHANNELS)
+        if labels is None:
+            return model.fit_features(features, y.numpy()).n_iterations
+        return model.fit_features(features, y.numpy(), val_features, labels.numpy()).n_iterations
+
+    config = FeatureGBMConfig(max_iter=60, early_stopping_rounds=5)
+    assert iterations(config, None) == 60  # nothing to stop on
+    # Labels unrelated to the windows: the validation loss only worsens, so it stops at once.
+    assert iterations(config, shuffled) <= 10
+    # Learnable validation people: it goes on while they improve.
+    assert iterations(config, shuffled) < iterations(config, val_y)
+    assert iterations(FeatureGBMConfig(max_iter=60, early_stopping_rounds=None), shuffled) == 60

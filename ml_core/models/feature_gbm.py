@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from scipy.special import expit
 from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.extmath import softmax
 from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
@@ -68,9 +69,13 @@ class FeatureGBMConfig:
 
     n_threads: OpenMP threads for the fit; None picks 1 for small data or a busy machine and
     otherwise keeps the process setting (all cores unless limited); see `boosting_threads`.
+    early_stopping_rounds: when validation windows are given to the fit (the training does:
+    the fold's validation people), stop once their class-balanced log loss has not improved
+    for this many iterations (None: always fit max_iter).
     """
 
     max_iter: int = 50
+    early_stopping_rounds: int | None = 5
     learning_rate: float = 0.1
     max_leaf_nodes: int = 7
     min_samples_leaf: int = 20
@@ -317,8 +322,15 @@ class FeatureGBM:
     def fit(self, x: dict[str, Tensor], present: dict[str, Tensor], y: Tensor) -> FeatureGBM:
         return self.fit_features(self.features(x, present), np.asarray(y))
 
-    def fit_features(self, features: np.ndarray, y: np.ndarray) -> FeatureGBM:
-        """Fit on precomputed `features(...)` rows with class indices `y` in 0..n_classes-1."""
+    def fit_features(
+        self,
+        features: np.ndarray,
+        y: np.ndarray,
+        val_features: np.ndarray | None = None,
+        val_y: np.ndarray | None = None,
+    ) -> FeatureGBM:
+        """Fit on precomputed `features(...)` rows with class indices `y` in 0..n_classes-1;
+        validation rows, if given, stop the boosting early (`early_stopping_rounds`)."""
         y = np.asarray(y, dtype=np.int64)
         if y.size and (y.min() < 0 or y.max() >= self.n_classes):
             raise ValueError(f"feature_gbm: labels must lie in 0..{self.n_classes - 1}")
@@ -338,8 +350,18 @@ class FeatureGBM:
             early_stopping=False,
             categorical_features=None,
         )
+        validation: dict[str, np.ndarray] = {}
+        if val_features is not None and val_y is not None and cfg.early_stopping_rounds:
+            val_y = np.asarray(val_y, dtype=np.int64)
+            seen = np.isin(val_y, y)  # a class the trees never saw has no loss to track
+            if seen.any():
+                validation = {"X_val": val_features[seen], "y_val": val_y[seen]}
+                if cfg.class_weight is not None:
+                    weights = compute_sample_weight(cfg.class_weight, val_y[seen])
+                    validation["sample_weight_val"] = weights
+                gbm.set_params(early_stopping=True, n_iter_no_change=cfg.early_stopping_rounds)
         with threadpool_limits(limits=boosting_threads(cfg.n_threads, len(y)), user_api="openmp"):
-            gbm.fit(features, y)
+            gbm.fit(features, y, **validation)
         self.trees = _export_trees(gbm)
         return self
 

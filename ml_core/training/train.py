@@ -651,10 +651,11 @@ def _fit_sklearn(run: _Run, ckpt: dict[str, Any] | None, stats: dict[str, Any]) 
     mean, std = normaliser(stats, "feature stats")
     model.set_units(mean, std, SAMPLE_RATE_HZ / cfg.window.decimate)
     features = _baseline_features(model, train, cfg.eval_batch_size)
-    y_train = train.labels.numpy()
-    model.fit_features(features, y_train)
+    val_features = _baseline_features(model, run.val, cfg.eval_batch_size)
+    y_train, y = train.labels.numpy(), run.val.labels.numpy()
+    model.fit_features(features, y_train, val_features, y)
     train_probs = model.predict_proba_features(features)
-    probs, y = predict_proba(model, run.val, cfg.eval_batch_size)
+    probs = model.predict_proba_features(val_features)
     record = {
         "epoch": 1,
         "step": model.n_iterations,
