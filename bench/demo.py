@@ -203,10 +203,6 @@ def main() -> None:
         demo_args += ["--folds", *args.folds]
     work = args.out or Path(tempfile.mkdtemp(prefix="bench_demo_"))
     work.mkdir(parents=True, exist_ok=True)
-    head = _git("rev-parse", "--short", "HEAD")
-    dirty = (
-        " + uncommitted changes" if _git("status", "--porcelain", "--untracked-files=no") else ""
-    )
     runs: dict[str, dict[str, Any]] = {}
     print(f"pamap demo {' '.join(demo_args)}; runs under {work}", flush=True)
     try:
@@ -227,6 +223,10 @@ def main() -> None:
                 )
             finally:
                 _git("worktree", "remove", "--force", str(checkout))
+        # Read now, not at the start: the baseline's run may take long.
+        head = _git("rev-parse", "--short", "HEAD")
+        changed = _git("status", "--porcelain", "--untracked-files=no")
+        dirty = " + uncommitted changes" if changed else ""
         print(f"current ({head}{dirty}) ...", flush=True)
         runs[f"current ({head}{dirty})"] = run_demo(PROJECT_ROOT, work / "current", demo_args)
     finally:

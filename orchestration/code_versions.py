@@ -104,7 +104,7 @@ CODE_VERSIONS: dict[str, str] = {
     "activity_shards": "1",
     "fold_manifests": "3",
     "feature_stats": "1",
-    "trained_model": "11",
+    "trained_model": "12",
     "evaluation_bundle": "6",
     "leaderboard": "6",
     "activity_timeline": "4",
