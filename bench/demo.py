@@ -114,7 +114,7 @@ def loso_f1(root: Path) -> dict[str, dict[str, Any]]:
             variant,
             fold,
             # Pooled by label only: the protocol object just satisfies `Result`.
-            EvaluationProtocol(256, 128, 1, "protocol12", "weighted_ce", 6),
+            EvaluationProtocol(256, 128, 1, "protocol12"),
             0,
             y_true,
             y_pred,
