@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -16,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from ml_core.data.folds import FOLD_NAMES
 from ml_core.models import model_names
-from ml_core.paths import DataPaths
+from ml_core.paths import PROJECT_ROOT, DataPaths
 from orchestration.cli import build_parser
 from orchestration.interrupts import Interrupted, run_stoppable
 from orchestration.servers import ui_commands, where_to_look
@@ -115,3 +116,26 @@ def test_a_stop_signal_interrupts_work_running_in_the_worker_thread() -> None:
     assert stopped == [signal.SIGTERM]
     assert stop.value.signal_name == "SIGTERM" and stop.value.exit_status == 143
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_work_that_does_not_unwind_in_time_is_abandoned_with_the_signals_status() -> None:
+    """A worker stuck in one long native call cannot be interrupted: after the grace period the
+    command settles what it can (`on_abandon`) and exits anyway, with 128 + the signal's number."""
+    script = (
+        "import time\n"
+        "from orchestration.interrupts import run_stoppable\n"
+        "print('working', flush=True)\n"
+        "run_stoppable(lambda: time.sleep(120), on_stop=lambda s: None,\n"
+        "              on_abandon=lambda s: print('abandoned', s, flush=True), grace_s=1.0)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=PROJECT_ROOT
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "working\n"
+    time.sleep(0.5)  # inside the sleep
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert time.monotonic() - sent < 30
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert out == f"abandoned {int(signal.SIGTERM)}\n"
