@@ -74,6 +74,18 @@ def raise_on_stop_signals() -> Generator[None]:
             signal.signal(s, h)
 
 
+@contextmanager
+def ignoring_stop_signals() -> Generator[None]:
+    """While inside, stop signals are ignored: for cleanup that a second Ctrl-C must not cut
+    short (it is bounded in time)."""
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def _raise_in(thread: threading.Thread) -> None:
     """Raise `Interrupted` in `thread` at its next Python instruction (CPython's
     PyThreadState_SetAsyncExc: a long native call, e.g. one torch operation, finishes first)."""

@@ -19,6 +19,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from ml_core.paths import PROJECT_ROOT, DataPaths
+from orchestration.interrupts import ignoring_stop_signals
 
 DAGSTER_PORT = 3000
 MLFLOW_PORT = 5000
@@ -159,7 +160,8 @@ def run_servers(
             time.sleep(0.5)
         exited = {name: p.returncode for name, p in servers.items() if p.poll() is not None}
     finally:
-        stop_groups(servers)
+        with ignoring_stop_signals():  # stopping takes at most STOP_TIMEOUT_S
+            stop_groups(servers)
     what = ", ".join(f"{name} (exit status {code})" for name, code in exited.items())
     print(f"{what} exited, so both servers were stopped", file=sys.stderr)
     return 0 if all(code == 0 for code in exited.values()) else 1
