@@ -53,7 +53,8 @@ def find_variant(name: str) -> "Variant":
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Register every variant of experiments.yaml (and the built-in ones) as a "
-    "`variant` partition of fold x model; an invalid file registers nothing.",
+    "`variant` partition of fold x model, and delete the partitions of variants removed from "
+    "the file; an invalid file changes nothing.",
 )
 def variants_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
     from ml_core.training.variants import VariantError, load_variants
@@ -62,9 +63,18 @@ def variants_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg
         variants = load_variants(variants_file())
     except VariantError as exc:
         return dg.SkipReason(f"nothing registered, {len(exc.problems)} problem(s):\n{exc}")
-    known = set(context.instance.get_dynamic_partitions(VARIANT_PARTITIONS))
+    known = context.instance.get_dynamic_partitions(VARIANT_PARTITIONS)
+    names = {v.name for v in variants}
     new = [v.name for v in variants if v.name not in known]
-    if not new:
+    # A variant removed from the file: its partitions go, so no backfill requests it again.
+    removed = [name for name in known if name not in names]
+    if not new and not removed:
         return dg.SkipReason(f"all {len(variants)} variants are registered")
-    context.log.info(f"registering {len(new)} variant(s): {', '.join(new)}")
-    return dg.SensorResult(dynamic_partitions_requests=[variant_partitions.build_add_request(new)])
+    requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
+    if new:
+        context.log.info(f"registering {len(new)} variant(s): {', '.join(new)}")
+        requests.append(variant_partitions.build_add_request(new))
+    if removed:
+        context.log.info(f"removing {len(removed)} variant(s) gone from the file: {removed}")
+        requests.append(variant_partitions.build_delete_request(removed))
+    return dg.SensorResult(dynamic_partitions_requests=requests)

@@ -22,8 +22,13 @@ def _apply(instance: dg.DagsterInstance, result: dg.SensorResult | dg.SkipReason
     # What the daemon does with the tick's requests.
     assert isinstance(result, dg.SensorResult)
     for request in result.dynamic_partitions_requests or []:
-        assert isinstance(request, dg.AddDynamicPartitionsRequest)
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        if isinstance(request, dg.AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(
+                request.partitions_def_name, list(request.partition_keys)
+            )
+        else:
+            for key in request.partition_keys:
+                instance.delete_dynamic_partition(request.partitions_def_name, key)
 
 
 def test_sensor_registers_new_variants_and_nothing_from_a_bad_file(
@@ -55,6 +60,25 @@ def test_sensor_registers_new_variants_and_nothing_from_a_bad_file(
     assert isinstance(result, dg.SensorResult)
     (request,) = result.dynamic_partitions_requests or []
     assert list(request.partition_keys) == ["s-lr=0.1"]
+    _apply(instance, result)
+
+    # A variant removed from the file (and a whole entry): its partitions are deleted, so the
+    # weekly backfill no longer requests (and fails) them; built-in variants stay.
+    file.write_text("variants:\n  s:\n    model: lstm\n    lr: [0.01, 0.1]\n")
+    result = _tick(instance)
+    assert isinstance(result, dg.SensorResult)
+    (request,) = result.dynamic_partitions_requests or []
+    assert isinstance(request, dg.DeleteDynamicPartitionsRequest)
+    assert list(request.partition_keys) == ["s-lr=0.001"]
+    _apply(instance, result)
+    assert sorted(instance.get_dynamic_partitions(VARIANT_PARTITIONS)) == sorted(
+        [*model_names(), "s-lr=0.01", "s-lr=0.1"]
+    )
+    file.write_text("variants:\n  u:\n    model: lstm\n    epochs: 3\n")
+    _apply(instance, _tick(instance))
+    assert sorted(instance.get_dynamic_partitions(VARIANT_PARTITIONS)) == sorted(
+        [*model_names(), "u"]
+    )
 
 
 def test_cli_registers_the_files_variants_in_the_project_instance_or_nothing(
