@@ -6,6 +6,7 @@ from typing import Literal
 import dagster as dg
 
 from orchestration.code_versions import CODE_VERSIONS
+from orchestration.defs.champion import champion_model
 from orchestration.defs.ingest import raw_recording
 from orchestration.defs.partitions import subject_partitions
 from orchestration.defs.resources import DataRoot, MlflowTracking
@@ -40,7 +41,7 @@ def _metadata(report: dict) -> dict[str, dg.MetadataValue | float | int | str | 
     partitions_def=subject_partitions,
     group_name="serve",
     kinds={"mlflow", "matplotlib"},
-    deps=[raw_recording],
+    deps=[raw_recording, champion_model],
     code_version=CODE_VERSIONS["activity_timeline"],
 )
 def activity_timeline(
@@ -75,6 +76,7 @@ def activity_timeline(
     partitions_def=inbox_partitions,
     group_name="serve",
     kinds={"mlflow", "matplotlib"},
+    deps=[champion_model],
     code_version=CODE_VERSIONS["inbox_timeline"],
 )
 def inbox_timeline(

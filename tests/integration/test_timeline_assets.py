@@ -17,8 +17,11 @@ from ml_core.lifecycle.tracking import MlflowTracker
 from ml_core.paths import DataPaths
 from ml_core.pipeline import train_fold_model
 from ml_core.training.config import TrainConfig
+from orchestration.definitions import defs as load_defs
+from orchestration.defs.ingest import DATA_VERSION_TAG
 from orchestration.defs.resources import DataRoot
 from orchestration.defs.timeline import inbox_partitions, inbox_sensor
+from orchestration.staleness import Staleness
 from tests.integration.conftest import execute
 
 
@@ -47,11 +50,32 @@ def served(
         yield paths, uri
 
 
+def _champion(instance: dg.DagsterInstance, version: str) -> None:
+    """Record a `champion_model` materialization, as the asset records one (its data version)."""
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization("champion_model", tags={DATA_VERSION_TAG: f"champion-{version}"})
+    )
+
+
 def test_subject_timeline_from_the_registered_champion(served: tuple[DataPaths, str]) -> None:
     paths, _ = served
     instance = dg.DagsterInstance.ephemeral()
+    _champion(instance, "1")
     result = execute("serve_job", instance, "101")
     assert result.success
+    # Lineage: the timelines read the champion, and a new champion makes them stale.
+    graph = load_defs().resolve_asset_graph()
+    for asset in ("activity_timeline", "inbox_timeline"):
+        assert dg.AssetKey("champion_model") in graph.get(dg.AssetKey(asset)).parent_keys
+    assert Staleness(instance, load_defs()).status("activity_timeline", "101").value == "FRESH"
+    _champion(instance, "1")  # re-recorded, the same champion: nothing changes
+    assert Staleness(instance, load_defs()).status("activity_timeline", "101").value == "FRESH"
+    _champion(instance, "2")
+    staleness = Staleness(instance, load_defs())
+    assert staleness.status("activity_timeline", "101").value == "STALE"
+    assert staleness.causes("activity_timeline", "101") == [
+        "champion_model[None] has a new data version"
+    ]
     folder = paths.timeline_dir("subject_101")
     frame = pl.read_parquet(folder / "timeline.parquet")
     raw = pl.read_parquet(paths.table("raw_recording", 101))
