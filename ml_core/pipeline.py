@@ -432,6 +432,34 @@ def collect_results(paths: DataPaths) -> tuple[list[Result], list[str]]:
     return results, refused
 
 
+def collect_fold_results(paths: DataPaths, fold: str) -> dict[str, Any]:
+    """Every evaluation bundle of one fold (each variant, protocol and seed) as one row of its
+    test metrics, written to `reports/folds/<fold>.json`; with the summary files read, whose
+    content is what the leaderboard takes from this fold."""
+    files = []
+    rows = []
+    for summary_path in sorted(
+        paths.root.glob(f"evaluation/{fold}/*/*/seed-*/summary_metrics.json")
+    ):
+        summary = json.loads(summary_path.read_text())
+        if "protocol" not in summary:
+            continue  # written before protocols were recorded: the leaderboard skips it too
+        files.append(summary_path)
+        rows.append(
+            {
+                "variant": summary.get("variant", summary["model"]),
+                "model": summary["model"],
+                "protocol": summary["protocol"]["id"],
+                "seed": int(summary["seed"]),
+                "macro_f1": summary["macro_f1"],
+                "accuracy": summary["accuracy"],
+                "test_windows": summary.get("n_test"),
+            }
+        )
+    path = write_json(rows, paths.reports / "folds" / f"{fold}.json")
+    return {"rows": rows, "files": files, "path": str(path)}
+
+
 def build_report(paths: DataPaths, tracker: MlflowTracker | None = None) -> dict[str, Any]:
     """Collect every evaluation bundle into the leaderboard files, one section per protocol."""
     results, refused = collect_results(paths)

@@ -72,6 +72,7 @@ SOURCES: dict[str, tuple[str, ...]] = {
         "ml_core/evaluation/calibration.py",
         "ml_core/training/feature_cache.py",
     ),
+    "fold_results": (f"{_TRAIN}:collect_fold_results",),
     "leaderboard": (
         f"{_TRAIN}:collect_results",
         f"{_TRAIN}:build_report",
@@ -106,6 +107,7 @@ CODE_VERSIONS: dict[str, str] = {
     "feature_stats": "1",
     "trained_model": "12",
     "evaluation_bundle": "6",
+    "fold_results": "1",
     "leaderboard": "6",
     "activity_timeline": "4",
     "inbox_timeline": "4",

@@ -307,10 +307,11 @@ def run_demo(
     ingest = definitions.resolve_job_def("ingest_job")
     prepare = definitions.resolve_job_def("prepare_job")
     training = definitions.resolve_job_def("training_job")
+    fold_results = definitions.resolve_job_def("fold_results_job")
     report = definitions.resolve_job_def("report_job")
 
     print("1/4 ingest: parse, validate, impute and shard each subject")
-    observe_raw_files(instance, definitions)
+    observe_raw_files(instance, paths)
     staleness = Staleness(instance, definitions)
     ingested = 0
     for subject in SUBJECTS:
@@ -368,12 +369,20 @@ def run_demo(
                 trained += 1
     _say_if_up_to_date(trained)
 
-    print("4/4 leaderboard")
+    print("4/4 fold results and leaderboard")
+    staleness = Staleness(instance, definitions)
+    reported = 0
+    for fold in folds:
+        redo = force or _missing([paths.reports / "folds" / f"{fold}.json"])
+        if _to_redo(staleness, ("fold_results",), fold, redo):
+            label = f"results {fold}"
+            _run(fold_results, instance, timing, label, ["fold_results"], fold, None, progress)
+            reported += 1
     redo = force or _missing([paths.reports / "leaderboard.md"])
-    if trained or _to_redo(Staleness(instance, definitions), ("leaderboard",), None, redo):
+    if reported or _to_redo(Staleness(instance, definitions), ("leaderboard",), None, redo):
         _run(report, instance, timing, "leaderboard", ["leaderboard"], None, None, progress)
-    else:
-        _say_if_up_to_date(0)
+        reported += 1
+    _say_if_up_to_date(reported)
     board = (paths.reports / "leaderboard.md").read_text()
     total = time.perf_counter() - began
     orchestrated = total - synth_s  # wall time of everything but writing the synthetic files

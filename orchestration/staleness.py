@@ -16,13 +16,19 @@ from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, Temp
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._time import get_current_datetime
 
+from ml_core.paths import DataPaths, default_data_root
+from orchestration.defs.ingest import raw_file_events
+
 PartitionKey = str | dg.MultiPartitionKey | None
 
 
-def observe_raw_files(instance: dg.DagsterInstance, defs: dg.Definitions) -> None:
-    """Record each subject's raw-file fingerprint as the data version of `raw_files`."""
-    result = defs.resolve_job_def("observe_raw_files").execute_in_process(instance=instance)
-    assert result.success
+def observe_raw_files(instance: dg.DagsterInstance, paths: DataPaths | None = None) -> list[str]:
+    """Record what `raw_files_sensor` records, now: the new data version of `raw_files` for each
+    subject whose files changed. Returns those subjects."""
+    events = raw_file_events(instance, paths or DataPaths(default_data_root()))
+    for event in events:
+        instance.report_runless_asset_event(event)
+    return sorted({str(e.partition) for e in events})
 
 
 class Staleness:

@@ -1,6 +1,6 @@
-"""Jobs per stage, and declarative automation: the conditions the assets carry, the sensors that
-evaluate them and the schedule that observes the raw files. All of it is stopped until a user
-turns it on (docs/automation.md).
+"""Jobs per stage, and declarative automation: the conditions the assets carry and the sensors
+that evaluate them (`raw_files_sensor`, which observes the raw files, is in `ingest.py`). All of
+it is stopped until a user turns it on (docs/automation.md).
 
 - Data flow: a raw-file observation with a new data version requests that subject's chain
   (`raw_recording` → `activity_shards`); shards with new content request every fold's manifests
@@ -27,6 +27,15 @@ DATA_FLOW = (
     & AC.all_deps_blocking_checks_passed()
 ).with_label("data_flow")
 
+# The report assets gather many partitions: they refresh when an input has new content (or will,
+# in the same tick), once nothing they read is being written; a variant not evaluated on every
+# fold (a missing input) does not hold them back, unlike `eager()`.
+REPORT_FLOW = (
+    (AC.newly_missing() | _DEPS_DATA_CHANGED).since_last_handled()
+    & ~AC.any_deps_in_progress()
+    & ~AC.in_progress()
+).with_label("report_flow")
+
 # `on_cron()` also waits for every input to update after the tick; weekly training retrains on
 # the current data whether or not it changed, so only the cron tick and present inputs count.
 WEEKLY_TRAINING = (
@@ -36,12 +45,6 @@ WEEKLY_TRAINING = (
     & ~AC.in_progress()
 ).with_label("weekly_training")
 
-observe_job = dg.define_asset_job(
-    "observe_raw_files",
-    selection=dg.AssetSelection.assets("raw_files"),
-    description="Record each subject's raw-file fingerprint: a changed file makes its subject "
-    "stale.",
-)
 ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=dg.AssetSelection.groups("ingest") | dg.AssetSelection.assets("activity_shards"),
@@ -57,19 +60,15 @@ training_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets("trained_model", "evaluation_bundle"),
     description="Train and evaluate one fold x model.",
 )
+fold_results_job = dg.define_asset_job(
+    "fold_results_job",
+    selection=dg.AssetSelection.assets("fold_results"),
+    description="Gather one fold's evaluation bundles, every variant side by side.",
+)
 report_job = dg.define_asset_job(
     "report_job",
     selection=dg.AssetSelection.assets("leaderboard"),
     description="Rebuild the leaderboard from every evaluation bundle.",
-)
-
-raw_files_observation = dg.ScheduleDefinition(
-    name="raw_files_observation",
-    job=observe_job,
-    cron_schedule="*/5 * * * *",
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Observe the raw `.dat` files every 5 minutes: a new or changed file gets a new "
-    "data version, which `data_automation` turns into runs.",
 )
 
 data_automation = dg.AutomationConditionSensorDefinition(
@@ -83,9 +82,13 @@ data_automation = dg.AutomationConditionSensorDefinition(
 
 training_automation = dg.AutomationConditionSensorDefinition(
     "training_automation",
-    target=dg.AssetSelection.assets("trained_model", "evaluation_bundle"),
+    target=dg.AssetSelection.assets(
+        "trained_model", "evaluation_bundle", "fold_results", "leaderboard", "champion_model"
+    ),
     default_status=dg.DefaultSensorStatus.STOPPED,
     emit_backfills=True,
     description=f"Requests every fold x model of the training assets at each tick of "
-    f"`{TRAINING_CRON}` (UTC), as one asset backfill.",
+    f"`{TRAINING_CRON}` (UTC), with the fold results, leaderboard and champion after them, as "
+    "one asset backfill; evaluation bundles with new content (also from a run launched by "
+    "hand) refresh their folds' results, the leaderboard and the champion.",
 )

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from orchestration.code_versions import CODE_VERSIONS
+from orchestration.defs.automation import REPORT_FLOW
 from orchestration.defs.report import leaderboard
 from orchestration.defs.resources import DataRoot, MlflowTracking
 from orchestration.metadata import table
@@ -25,6 +26,7 @@ class ChampionConfig(dg.Config):
     kinds={"mlflow"},
     deps=[leaderboard],
     code_version=CODE_VERSIONS["champion_model"],
+    automation_condition=REPORT_FLOW,
 )
 def champion_model(
     context: dg.AssetExecutionContext,
@@ -76,5 +78,7 @@ def champion_model(
             if promotion.promoted and selection.champion
             else "none",
             "comparison": table(comparison),
-        }
+        },
+        # The registry's champion: a new one makes the timelines that run it stale.
+        data_version=dg.DataVersion(f"champion-{promotion.champion_version or 'none'}"),
     )

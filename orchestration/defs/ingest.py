@@ -7,6 +7,7 @@ import dagster as dg
 from ml_core.data import pipeline as data_pipeline
 from ml_core.data.raw_files import raw_file_fingerprints, subject_fingerprint, subject_of
 from ml_core.data.schema import RECORDING_SCHEMA
+from ml_core.paths import DataPaths
 from orchestration.code_versions import CODE_VERSIONS
 from orchestration.defs.automation import DATA_FLOW
 from orchestration.defs.partitions import subject_partitions
@@ -22,14 +23,76 @@ def _subject(context: dg.AssetExecutionContext) -> int:
     return int(context.partition_key)
 
 
-@dg.observable_source_asset(partitions_def=subject_partitions, group_name="ingest")
-def raw_files(data_root: DataRoot) -> dg.DataVersionsByPartition:
-    """A subject's `.dat` files under `data/raw/PAMAP2_Dataset/{Protocol,Optional}/`. Observing
-    records one data version per subject (file sizes and modification times), so a new or
-    changed file makes that subject's `raw_recording` stale."""
-    current = raw_file_fingerprints(data_root.paths())
-    subjects = sorted({subject_of(name) for name in current})
-    return dg.DataVersionsByPartition({str(s): subject_fingerprint(current, s) for s in subjects})
+# Where Dagster reads an event's data version (what `DataVersion` sets on the events it records
+# itself): the sensor below records the raw files' events without a run.
+DATA_VERSION_TAG = "dagster/data_version"
+
+raw_files = dg.AssetSpec(
+    "raw_files",
+    partitions_def=subject_partitions,
+    group_name="ingest",
+    kinds={"file"},
+    description="A subject's `.dat` files under `data/raw/PAMAP2_Dataset/{Protocol,Optional}/`, "
+    "with one data version per subject (file sizes and modification times): a new or changed "
+    "file makes that subject's `raw_recording` stale. Recorded by `raw_files_sensor` (and "
+    "`pamap demo`) only for a subject whose files changed.",
+)
+
+
+def _recorded_version(instance: dg.DagsterInstance, subject: str) -> str | None:
+    records = instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=raw_files.key, asset_partitions=[subject]), limit=1
+    ).records
+    observation = records[0].asset_observation if records else None
+    return observation.tags.get(DATA_VERSION_TAG) if observation else None
+
+
+def raw_file_events(
+    instance: dg.DagsterInstance, paths: DataPaths
+) -> list[dg.AssetMaterialization | dg.AssetObservation]:
+    """For each subject whose files differ from what the instance last recorded (a new subject,
+    a new or changed file), its new data version: as a materialization, which declarative
+    automation reads for an external asset, and as an observation, which staleness reads.
+    Nothing for the other subjects.
+
+    The observation comes first: a run records the input's latest materialization as the point
+    after which a newer observation makes it stale."""
+    current = raw_file_fingerprints(paths)
+    events: list[dg.AssetMaterialization | dg.AssetObservation] = []
+    for subject in sorted({subject_of(name) for name in current}):
+        version = subject_fingerprint(current, subject)
+        if _recorded_version(instance, str(subject)) == version:
+            continue
+        files = sorted(name for name in current if subject_of(name) == subject)
+        for event in (dg.AssetObservation, dg.AssetMaterialization):
+            events.append(
+                event(
+                    raw_files.key,
+                    partition=str(subject),
+                    tags={DATA_VERSION_TAG: version},
+                    metadata={"files": dg.MetadataValue.json(files)},
+                )
+            )
+    return events
+
+
+@dg.sensor(
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+)
+def raw_files_sensor(
+    context: dg.SensorEvaluationContext, data_root: DataRoot
+) -> dg.SensorResult | dg.SkipReason:
+    """Every minute, compares each subject's raw files (sizes and modification times) with the
+    data version last recorded and records the new one for each subject that changed: no run,
+    and nothing for unchanged subjects. A new data version is what
+    `data_automation` turns into runs."""
+    events = raw_file_events(context.instance, data_root.paths())
+    if not events:
+        return dg.SkipReason("no subject's raw files changed")
+    changed = ", ".join(sorted({str(e.partition) for e in events}))
+    context.log.info(f"raw files changed for subject(s) {changed}")
+    return dg.SensorResult(asset_events=events)
 
 
 @dg.asset(

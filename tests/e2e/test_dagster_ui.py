@@ -122,7 +122,7 @@ def webserver(
     with running_process(cmd, log_path) as proc, dg.DagsterInstance.get() as instance:
         # The webserver reads the instance live, so its slow start overlaps these runs.
         register_variants(instance, model_names())
-        observe_raw_files(instance, _definitions())
+        observe_raw_files(instance)
         for subject in ("101", "102"):
             materialize("ingest_job", instance, subject)
         url = f"http://127.0.0.1:{port}"
@@ -241,7 +241,7 @@ def test_ui_shows_the_graph_and_runs_a_partition_launched_from_it(
         paths = DataPaths(data_root)
         edit_labelled_row(paths.dat_file("protocol", 101), field=4, change=0.5)
         edit_labelled_row(paths.dat_file("protocol", 102), field=3, change=1000.0)
-        observe_raw_files(instance, _definitions())
+        observe_raw_files(instance)
         failed = (
             _definitions()
             .resolve_job_def("ingest_job")

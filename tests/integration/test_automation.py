@@ -30,6 +30,7 @@ from ml_core.paths import DataPaths
 from ml_core.training.config import make_train_config
 from orchestration.definitions import defs as load_defs
 from orchestration.defs.partitions import register_variants
+from orchestration.defs.resources import DataRoot
 from orchestration.staleness import observe_raw_files
 from tests.integration.conftest import execute
 from tests.raw_edits import edit_labelled_row
@@ -95,7 +96,7 @@ def automated_root(
 def _everything_current(instance: dg.DagsterInstance, skip: tuple[str, str] | None = None) -> Any:
     """Raw files observed, every subject and fold materialized (but `skip`: an asset and
     subject); the first tick requests nothing."""
-    observe_raw_files(instance, load_defs())
+    observe_raw_files(instance)
     for asset in CHAIN:
         subjects = [str(s) for s in SUBJECTS if (asset, str(s)) != skip]
         _report_materialized(instance, asset, subjects)
@@ -113,13 +114,13 @@ def test_a_changed_raw_file_flows_through_its_subject_to_every_fold(
     cursor = _everything_current(instance)
 
     # Re-observing unchanged files (a new observation, the same data version) is no news.
-    observe_raw_files(instance, load_defs())
+    observe_raw_files(instance)
     requested, cursor = _data_tick(instance, cursor)
     assert requested == {}
 
     # Subject 103's file changes: exactly its chain is requested, in one tick.
     edit_labelled_row(automated_root.dat_file("protocol", 103), field=4, change=0.5)
-    observe_raw_files(instance, load_defs())
+    observe_raw_files(instance)
     requested, cursor = _data_tick(instance, cursor)
     assert requested == {asset: {"103"} for asset in CHAIN}
 
@@ -134,13 +135,47 @@ def test_a_changed_raw_file_flows_through_its_subject_to_every_fold(
     assert requested == {}
 
 
+def test_raw_files_sensor_observes_only_changed_subjects_without_runs(
+    automated_root: DataPaths,
+) -> None:
+    defs = load_defs()
+    sensor = defs.get_sensor_def("raw_files_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+    assert not sensor.targets  # it records observations; it never launches a run
+    instance = dg.DagsterInstance.ephemeral()
+
+    def tick() -> list[str]:
+        context = dg.build_sensor_context(instance=instance, resources={"data_root": DataRoot()})
+        result = sensor(context)
+        if isinstance(result, dg.SkipReason):
+            return []
+        assert isinstance(result, dg.SensorResult) and not result.run_requests
+        for event in result.asset_events:  # what the daemon does with them
+            instance.report_runless_asset_event(event)
+        return sorted({str(e.partition) for e in result.asset_events})
+
+    present = [str(s) for s in SUBJECTS if automated_root.dat_file("protocol", s).exists()]
+    assert tick() == present
+    assert tick() == []
+    edit_labelled_row(automated_root.dat_file("protocol", 103), field=4, change=0.5)
+    assert tick() == ["103"]
+    assert tick() == []
+    assert instance.get_runs() == []
+    observations = instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_files"), asset_partitions=["103"]),
+        limit=10,
+    ).records
+    versions = [r.asset_observation.tags[DATA_VERSION_TAG] for r in observations]  # type: ignore[union-attr]
+    assert len(versions) == 2 and versions[0] != versions[1]
+
+
 def test_a_failed_blocking_check_stops_the_flow(automated_root: DataPaths) -> None:
     instance = dg.DagsterInstance.ephemeral()
     cursor = _everything_current(instance, skip=("validated_recording", "104"))
 
     # A hand temperature of about 1000 C: the file changed, and its schema check will fail.
     edit_labelled_row(automated_root.dat_file("protocol", 103), field=3, change=1000.0)
-    observe_raw_files(instance, load_defs())
+    observe_raw_files(instance)
     requested, cursor = _data_tick(instance, cursor)
     assert requested == {asset: {"103"} for asset in CHAIN}
 

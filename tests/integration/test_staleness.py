@@ -53,7 +53,7 @@ def test_staleness_follows_content_changes_through_the_graph(
     (tmp_path / "home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
         # Every subject, two folds and one model on each, materialized in one instance.
-        observe_raw_files(instance, load_defs())
+        observe_raw_files(instance)
         for subject in SUBJECTS:
             assert execute("ingest_job", instance, str(subject)).success
         for fold in FOLDS:
@@ -64,14 +64,14 @@ def test_staleness_follows_content_changes_through_the_graph(
         # A touched but unchanged file: its subject is stale until re-read, then nothing is.
         dat = paths.dat_file("protocol", 104)
         os.utime(dat, ns=(dat.stat().st_atime_ns, dat.stat().st_mtime_ns + 10**9))
-        observe_raw_files(instance, load_defs())
+        observe_raw_files(instance)
         assert _not_fresh(instance) == {"raw_recording[104]"}
         assert execute("ingest_job", instance, "104").success
         assert _not_fresh(instance) == set()
 
         # A changed file: exactly its subject, then every fold, its statistics and its models.
         edit_labelled_row(paths.dat_file("protocol", 103), field=4, change=0.5)
-        observe_raw_files(instance, load_defs())
+        observe_raw_files(instance)
         assert _not_fresh(instance) == {"raw_recording[103]"}
         causes = Staleness(instance, load_defs()).causes("raw_recording", "103")
         assert causes == ["raw_files[103] has a new data version"]
