@@ -31,6 +31,7 @@ from ml_core.evaluation.protocol import EvaluationProtocol, read_latest_training
 from ml_core.models import model_names
 from ml_core.paths import DataPaths
 from ml_core.training.train import TrainConfig
+from orchestration.code_location import filed_under_job
 from orchestration.interrupts import stop_requested
 from orchestration.staleness import PartitionKey, Staleness, observe_raw_files
 
@@ -104,14 +105,15 @@ def _run(
     progress = progress if progress is not None else Progress()
     progress.current = label
     progress.training = job.name == "training_job"
-    result = job.execute_in_process(
-        instance=instance,
-        partition_key=partition_key,
-        asset_selection=[dg.AssetKey(a) for a in assets],
-        run_config=run_config or QUIET_CONSOLE,
-        raise_on_error=False,
-        tags={PID_TAG: str(os.getpid())},
-    )
+    with filed_under_job(instance, job.name):  # listed under its job in the UI
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key=partition_key,
+            asset_selection=[dg.AssetKey(a) for a in assets],
+            run_config=run_config or QUIET_CONSOLE,
+            raise_on_error=False,
+            tags={PID_TAG: str(os.getpid())},
+        )
     stop = stop_requested()
     if stop is not None:  # Dagster records an interrupted step as failed and returns
         raise stop

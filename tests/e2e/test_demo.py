@@ -12,9 +12,18 @@ import pytest
 
 from ml_core.evaluation.protocol import latest_dirs
 from ml_core.paths import PROJECT_ROOT, DataPaths
+from orchestration.code_location import REPOSITORY_LABEL_TAG, repository_label
 from tests.e2e.conftest import venv_program
 from tests.raw_edits import edit_labelled_row
 
+# subjects, folds, fold x model, each fold's results, leaderboard
+JOB_RUNS = {
+    "ingest_job": 9,
+    "prepare_job": 2,
+    "training_job": 2,
+    "fold_results_job": 2,
+    "report_job": 1,
+}
 ARGS = ["--scale", "tiny", "--models", "feature_gbm", "--folds", "holdout-106", "loso-109"]
 
 
@@ -54,10 +63,20 @@ def test_demo_builds_everything_then_redoes_only_what_changed(tmp_path: Path) ->
         assert (latest_dirs(paths, fold, "feature_gbm")[1] / "summary_metrics.json").exists()
     with dg.DagsterInstance.from_config(str(home)) as instance:
         runs = instance.get_runs()
+        # Filed under their jobs as the UI finds a job's runs (job name and the code location's
+        # label), like runs launched from the UI, so the Jobs pages and Overview show them.
+        label = {REPOSITORY_LABEL_TAG: repository_label()}
+        filed = {
+            job: instance.get_runs(filters=dg.RunsFilter(job_name=job, tags=label))
+            for job in JOB_RUNS
+        }
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
     # Raw files are observed without a run.
-    # Subjects, folds, fold x model, each fold's results, leaderboard.
-    assert len(runs) == 9 + 2 + 2 + 2 + 1
+    assert len(runs) == sum(JOB_RUNS.values())
+    assert {job: len(rs) for job, rs in filed.items()} == JOB_RUNS
+    for run in runs:
+        origin = run.remote_job_origin
+        assert origin is not None and origin.location_name == "orchestration.definitions"
 
     second = _demo(env, data_root)
     assert second.count("up to date") == 4 and ": 0 runs," in second
