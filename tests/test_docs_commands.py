@@ -399,7 +399,8 @@ def _cheap(command: Command) -> int | None:
 def test_cheap_documented_commands_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cheap = sorted((c for c in ALL_COMMANDS if _cheap(c) is not None), key=_cheap)
     kinds = {_cheap(c) for c in cheap}
-    assert kinds == {0, 1, 2, 3, 4, 5}, f"the docs no longer show every cheap command: {kinds}"
+    # Raw files are recorded by a sensor now; a documented observation job (3) runs if shown.
+    assert {0, 1, 2, 4, 5} <= kinds, f"the docs no longer show every cheap command: {kinds}"
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
