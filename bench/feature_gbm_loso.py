@@ -41,7 +41,10 @@ LOSO_FOLDS = [f for f in FOLD_NAMES if f.startswith("loso-")]
 def prepare(paths: DataPaths, scale: str, seed: int) -> None:
     """Synthetic .dat files (kept if present), then every asset step up to feature stats."""
     if not paths.synthetic_marker.exists():
-        write_dataset(paths.raw, scale=scale, seed=seed)
+        try:  # refuses to write over recordings it did not generate (real data)
+            write_dataset(paths.raw, scale=scale, seed=seed)
+        except FileExistsError as exc:
+            raise SystemExit(f"--out {paths.root}: {exc}") from None
     for subject in SUBJECTS:
         data_pipeline.ingest_subject(paths, subject)
         result, _ = data_pipeline.validate_subject(paths, subject)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import polars as pl
 import torch
 
 from ml_core.data import folds as fold_lib
-from ml_core.data.columns import ACTIVITY_NAMES, MODEL_CHANNELS
+from ml_core.data.columns import ACTIVITY_NAMES
 from ml_core.data.stats import load_feature_stats
 from ml_core.data.windows import WindowData
 from ml_core.evaluation.calibration import calibration_groups
@@ -37,12 +39,33 @@ from ml_core.evaluation.protocol import (
     read_latest_training,
     write_latest_training,
 )
-from ml_core.io import write_json
-from ml_core.lifecycle.serving import SensorWindowClassifier
-from ml_core.lifecycle.tracking import MlflowTracker, fold_datasets
+from ml_core.io import partition_lock, replace_dir, staging_root, write_json
+from ml_core.lifecycle.tracking import (
+    PLATFORM,
+    PLATFORM_TAG,
+    MlflowTracker,
+    fold_datasets,
+)
+from ml_core.lifecycle.uris import safe_uri
 from ml_core.paths import DataPaths
 from ml_core.training.config import TrainConfig
 from ml_core.training.train import TrainResult, load_trained_model, predict_proba, train_model
+
+
+def threads_per_slot(slots: int, cores: int | None = None) -> int:
+    """torch threads for one training when `slots` trainings may run at once on this machine:
+    its cores (those this process may use) divided among them, at least one, so N concurrent
+    trainings do not each spin a thread per core."""
+    cores = cores if cores is not None else len(os.sched_getaffinity(0))
+    return max(1, cores // max(1, slots))
+
+
+@contextmanager
+def _restore_threads(count: int) -> Generator[None]:
+    try:
+        yield
+    finally:
+        torch.set_num_threads(count)
 
 
 def _run_record(model_dir: Path) -> Path:
@@ -92,6 +115,7 @@ def train_fold_model(
     seeds: int = 1,
     variant: str | None = None,
     variant_settings: dict[str, Any] | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Train `model_name` on one fold with `seeds` seeds (config.seed, config.seed + 1, …).
 
@@ -101,7 +125,7 @@ def train_fold_model(
     beside earlier ones, never over them. `variant_settings` (the variant's overrides) are
     recorded with it. `latest.json` beside the protocol folders tells the evaluation what was
     trained. A resumed training reopens the MLflow run it started, so a retried step keeps one
-    run.
+    run. `threads` caps torch's CPU threads while it trains (see `threads_per_slot`).
     """
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
@@ -111,21 +135,25 @@ def train_fold_model(
     started = time.perf_counter()
     protocol = EvaluationProtocol.of(config)
     seed_list = [config.seed + i for i in range(seeds)]
-    per_seed = [
-        _train_one_seed(
-            paths,
-            fold,
-            record,
-            replace(config, seed=seed),
-            protocol,
-            tracker,
-            tags,
-            resume,
-            on_epoch,
-        )
-        for seed in seed_list
-    ]
-    write_latest_training(paths.model_root(fold, variant), protocol, seed_list, record)
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    with partition_lock(paths.root, f"models/{fold}/{variant}"), _restore_threads(before):
+        per_seed = [
+            _train_one_seed(
+                paths,
+                fold,
+                record,
+                replace(config, seed=seed),
+                protocol,
+                tracker,
+                tags,
+                resume,
+                on_epoch,
+            )
+            for seed in seed_list
+        ]
+        write_latest_training(paths.model_root(fold, variant), protocol, seed_list, record)
     first = per_seed[0]
     return {
         **first,
@@ -168,7 +196,7 @@ def _train_one_seed(
         "seed": str(config.seed),
     }
     with tracker.run(_run_name(fold, name, protocol, config.seed), run_tags, run_id) as rid:
-        write_json({"run_id": rid, "tracking_uri": tracker.tracking_uri}, previous)
+        write_json({"run_id": rid, "tracking_uri": safe_uri(tracker.tracking_uri)}, previous)
         if run_id is None:
             tracker.log_params(
                 {
@@ -199,31 +227,11 @@ def _train_one_seed(
         )
         for path in (result.best_path, result.last_path, result.history_path):
             tracker.log_artifact(path, artifact_path="checkpoints")
-        _log_serving_model(result.best_path, load_feature_stats(paths.feature_stats(fold)), config)
         return {**_train_summary(result, started, rid, tracker.run_url(rid)), "seed": config.seed}
 
 
 def _run_name(fold: str, variant: str, protocol: EvaluationProtocol, seed: int) -> str:
     return f"{fold}/{variant}/{protocol.id}/seed-{seed}"
-
-
-def _log_serving_model(best_path: Path, stats: dict[str, Any], config: TrainConfig) -> None:
-    """Log the best model as an MLflow PyTorch model (torch.export, no pickle) that takes raw
-    sensor rows; `feature_gbm` goes as its tensor form, which predicts the same."""
-    import mlflow.pytorch
-
-    model, _ = load_trained_model(best_path)
-    net = model if isinstance(model, torch.nn.Module) else model.as_module()
-    serving = SensorWindowClassifier(net, stats, decimate=config.window.decimate)
-    # Two windows: MLflow's torch.export would pin a batch dimension of size 1.
-    rows = config.window.window * config.window.decimate
-    example = np.zeros((2, rows, len(MODEL_CHANNELS)), dtype=np.float32)
-    mlflow.pytorch.log_model(
-        serving,
-        name="model",
-        input_example=example,
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
-    )
 
 
 def _train_summary(
@@ -264,10 +272,11 @@ def evaluate_fold_model(
     latest = read_latest_training(paths.model_root(fold, variant))
     # Trained before variants were recorded: a built-in variant, named after its model.
     record = latest.variant or {"name": variant, "model": variant, "settings": {}}
-    per_seed = [
-        _evaluate_one_seed(paths, fold, record, latest.protocol_id, seed, tracker, tags)
-        for seed in latest.seeds
-    ]
+    with partition_lock(paths.root, f"evaluation/{fold}/{variant}"):
+        per_seed = [
+            _evaluate_one_seed(paths, fold, record, latest.protocol_id, seed, tracker, tags)
+            for seed in latest.seeds
+        ]
     return {**per_seed[0], "per_seed": per_seed, "seeds": latest.seeds}
 
 
@@ -317,28 +326,32 @@ def _evaluate_one_seed(
     )
     groups, group_names = calibration_groups(val.subjects.cpu().numpy(), val_y)
     out_dir = paths.evaluation_dir(fold, name, protocol_id, seed)
-    summary = write_evaluation_bundle(
-        out_dir,
-        y,
-        probs,
-        class_ids,
-        title=f"{fold} / {name} / {protocol_id} / seed {seed}",
-        val_logits=np.log(np.clip(val_probs, 1e-12, 1.0)),
-        val_y=val_y,
-        val_groups=groups,
-        val_group_names=group_names,
-        context={
-            "fold": fold,
-            "variant": name,
-            "model": model_name,
-            "variant_settings": variant["settings"],
-            "seed": seed,
-            "protocol": protocol.to_dict(),
-            "training": config.training_settings(),
-            "validation_subjects": val_subjects,
-            "notes": notes,
-        },
-    )
+    # Written whole into a staging folder, then swapped in: a crash never leaves a bundle
+    # whose summary and predictions come from two different evaluations.
+    with staging_root(paths.root, f"evaluation-{fold}-{seed}") as staged:
+        summary = write_evaluation_bundle(
+            staged,
+            y,
+            probs,
+            class_ids,
+            title=f"{fold} / {name} / {protocol_id} / seed {seed}",
+            val_logits=np.log(np.clip(val_probs, 1e-12, 1.0)),
+            val_y=val_y,
+            val_groups=groups,
+            val_group_names=group_names,
+            context={
+                "fold": fold,
+                "variant": name,
+                "model": model_name,
+                "variant_settings": variant["settings"],
+                "seed": seed,
+                "protocol": protocol.to_dict(),
+                "training": config.training_settings(),
+                "validation_subjects": val_subjects,
+                "notes": notes,
+            },
+        )
+        replace_dir(staged, out_dir)
     _, missing = check_bundle_complete(out_dir)
     calibration = summary["calibration"]
     notes.append(calibration["temperature_note"])
@@ -495,7 +508,7 @@ def retrain_on_all_subjects(
     was trained with, on the deployment fold: every subject trains except validation subject
     105, who picks the epoch (early stopping and `best.pt`) as in every fold. Logged to MLflow
     like any training, as `variant` (default: the model's built-in variant) with the settings
-    recorded for it; the summary adds `model_id`, the logged model to register. Its estimate
+    recorded for it; the summary adds `run_id`, the training run to register. Its estimate
     of performance stays the LOSO one: the deployment fold has no test person."""
     from ml_core.data.pipeline import build_fold_manifests, fold_feature_stats
     from ml_core.io import load_torch
@@ -524,7 +537,7 @@ def retrain_on_all_subjects(
         variant_settings=recorded.get("settings") if recorded.get("name") == variant else None,
     )
     run_record = _run_record(Path(summary["best_path"]).parent)
-    return {**summary, "fold": fold, "model_id": _logged_model_id(tracker, run_record)}
+    return {**summary, "fold": fold, "run_id": _recorded_run_id(tracker, run_record)}
 
 
 def champion_candidates(
@@ -537,7 +550,7 @@ def champion_candidates(
     several sections counts with its entry of the earliest one. A candidate's `ece` is its mean
     test ECE over the LOSO folds after temperature scaling (before, where no temperature was
     fitted); the model offered for registration is the variant's model trained on
-    `source_fold` (first seed) under the entry's protocol, as logged to MLflow.
+    `source_fold` (first seed) under the entry's protocol, with the MLflow run that trained it.
     """
     from ml_core.lifecycle.champion import LeaderboardRow
 
@@ -572,7 +585,7 @@ def champion_candidates(
                 complete=entry["complete"],
                 pooled_loso_macro_f1=pooled["macro_f1"],
                 ece=float("inf") if ece is None else ece,
-                model_id=_logged_model_id(tracker, run_record),
+                run_id=_recorded_run_id(tracker, run_record),
                 trained_on=source_fold,
                 source_dir=str(source_dir),
             )
@@ -617,25 +630,49 @@ def choose_champion(
             tags,
             variant=candidate.variant,
         )
-        if retrained["model_id"] is None:
+        if retrained["run_id"] is None:
             raise RuntimeError(f"{candidate.variant}: the retrained model was not logged to MLflow")
-        candidate = replace(candidate, model_id=retrained["model_id"], trained_on=retrained["fold"])
+        candidate = replace(
+            candidate,
+            run_id=retrained["run_id"],
+            trained_on=retrained["fold"],
+            source_dir=str(Path(retrained["best_path"]).parent),
+        )
         selection = replace(selection, champion=candidate)
-    # Registering `models:/<id>` resolves the logged model through MLflow's global tracking
-    # URI, not the client's: point it at this store (a fresh process would use ./mlruns).
+    # Registering `runs:/<id>/...` resolves the run through MLflow's global tracking URI, not
+    # the client's: point it at this store (a fresh process would use ./mlruns).
     mlflow.set_tracking_uri(tracker.tracking_uri)
-    promotion = promote_champion(tracker.client, selection)
+    promotion = promote_champion(
+        tracker.client, selection, lambda row: publish_serving_model(paths, tracker, row)
+    )
     return {"rows": rows, "selection": selection, "promotion": promotion, "retrained": retrained}
 
 
-def _logged_model_id(tracker: MlflowTracker, run_record: Path) -> str | None:
-    """The MLflow logged model of the training run recorded in `run_record`, if any."""
+def publish_serving_model(paths: DataPaths, tracker: MlflowTracker, row: Any) -> str:
+    """Export the checkpoint of champion candidate `row` (a `LeaderboardRow`) as the serving
+    program and log it into its training run under `serving/`; returns the file's sha256.
+    Done only for a model being promoted, so training never pays for the export."""
+    import tempfile
+
+    from ml_core.lifecycle.champion import SERVING_DIR
+    from ml_core.lifecycle.serving import SERVING_FILE, export_serving_program
+
+    if row.run_id is None or row.source_dir is None:
+        raise ValueError(f"{row.variant}: no training run with a checkpoint to publish")
+    stats = load_feature_stats(paths.feature_stats(row.trained_on))
+    with tempfile.TemporaryDirectory() as folder:
+        target = Path(folder) / SERVING_FILE
+        digest = export_serving_program(Path(row.source_dir) / "best.pt", stats, target)
+        tracker.client.log_artifact(row.run_id, str(target), artifact_path=SERVING_DIR)
+    # The run is the one this data folder's mlflow_run.json records (a training from before
+    # runs were tagged at start gets the tag here).
+    tracker.client.set_tag(row.run_id, PLATFORM_TAG, PLATFORM)
+    return digest
+
+
+def _recorded_run_id(tracker: MlflowTracker, run_record: Path) -> str | None:
+    """The MLflow training run recorded in `run_record`, if it is in this tracking store."""
     if not run_record.exists():
         return None
     run_id = json.loads(run_record.read_text())["run_id"]
-    if not tracker.run_exists(run_id):
-        return None
-    models = tracker.client.search_logged_models(
-        experiment_ids=[tracker.experiment_id()], filter_string=f"source_run_id = '{run_id}'"
-    )
-    return models[0].model_id if models else None
+    return run_id if tracker.run_exists(run_id) else None

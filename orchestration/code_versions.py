@@ -50,7 +50,6 @@ SOURCES: dict[str, tuple[str, ...]] = {
         f"{_TRAIN}:check_fold_window",
         f"{_TRAIN}:fold_split_gap",
         "ml_core/training/variants.py",
-        f"{_TRAIN}:_log_serving_model",
         "ml_core/training/train.py",
         "ml_core/training/feature_cache.py",
         "ml_core/evaluation/metrics.py",
@@ -58,7 +57,6 @@ SOURCES: dict[str, tuple[str, ...]] = {
         "ml_core/evaluation/protocol.py",
         "ml_core/training/losses.py",
         "ml_core/data/windows.py",
-        "ml_core/lifecycle/serving.py",
         "ml_core/training/augment.py",
         "ml_core/lifecycle/tracking.py",
         "ml_core/models",
@@ -83,6 +81,7 @@ SOURCES: dict[str, tuple[str, ...]] = {
         "ml_core/lifecycle/timeline.py",
         "ml_core/evaluation/metrics.py",
         "ml_core/lifecycle/serving.py",
+        "ml_core/lifecycle/tracking.py",
     ),
     "inbox_timeline": (
         "ml_core/lifecycle/timeline.py",
@@ -94,7 +93,9 @@ SOURCES: dict[str, tuple[str, ...]] = {
         f"{_TRAIN}:champion_candidates",
         f"{_TRAIN}:choose_champion",
         f"{_TRAIN}:retrain_on_all_subjects",
+        f"{_TRAIN}:publish_serving_model",
         "ml_core/lifecycle/champion.py",
+        "ml_core/lifecycle/serving.py",
     ),
 }
 
@@ -109,9 +110,9 @@ CODE_VERSIONS: dict[str, str] = {
     "evaluation_bundle": "6",
     "fold_results": "1",
     "leaderboard": "6",
-    "activity_timeline": "4",
-    "inbox_timeline": "4",
-    "champion_model": "4",
+    "activity_timeline": "5",
+    "inbox_timeline": "5",
+    "champion_model": "5",
 }
 
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from contextlib import suppress
 from pathlib import Path
 
+from ml_core.lifecycle.uris import safe_uri
 from ml_core.paths import PROJECT_ROOT, DataPaths
 from orchestration.interrupts import ignoring_stop_signals
 
@@ -90,7 +91,7 @@ def where_to_look(paths: DataPaths, dagster_home: str) -> str:
         "uv run dagster dev -h 127.0.0.1",
     ]
     if uri.startswith(("http://", "https://")):
-        lines.append(f"  MLflow UI  : {uri}")
+        lines.append(f"  MLflow UI  : {safe_uri(uri)}")
     else:
         lines.append(
             f"  MLflow UI  : uv run mlflow ui --backend-store-uri {shlex.quote(uri)} "

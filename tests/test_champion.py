@@ -19,7 +19,8 @@ def _row(variant: str, f1: float, ece: float = 0.05, **changes) -> LeaderboardRo
         complete=True,
         pooled_loso_macro_f1=f1,
         ece=ece,
-        model_id=f"m-{variant}",
+        run_id=f"r-{variant}",
+        source_dir=f"models/holdout-106/{variant}/p-{variant}/seed-0",
     )
     return replace(row, **changes)
 
@@ -63,7 +64,7 @@ def test_no_champion_without_a_complete_baseline():
 
 
 def test_nothing_past_the_gates_means_no_champion():
-    rows = [_row("feature_gbm", 0.80), _row("lstm", 0.70), _row("tcn", 0.9, model_id=None)]
+    rows = [_row("feature_gbm", 0.80), _row("lstm", 0.70), _row("tcn", 0.9, run_id=None)]
     selection = select_champion(rows, GATES)
     assert selection.champion is None
-    assert selection.rejected["tcn"] == "no model to register"
+    assert selection.rejected["tcn"] == "no training run with a checkpoint to register"

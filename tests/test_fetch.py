@@ -9,7 +9,10 @@ import functools
 import hashlib
 import http.server
 import io
+import os
 import socket
+import subprocess
+import sys
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -171,13 +174,68 @@ def test_fetch_installs_exactly_the_verified_files(
     assert report["archive_bytes"] == len(archive)
 
 
-def test_fetch_replaces_a_previous_dataset(server: Server, raw_dir: Path) -> None:
+def test_fetch_replaces_a_previous_dataset_and_keeps_the_users_files(
+    server: Server, raw_dir: Path
+) -> None:
     install_previous(raw_dir)
+    notes = raw_dir / "PAMAP2_Dataset" / "notes" / "labels.txt"
+    notes.parent.mkdir()
+    notes.write_text("my own annotations\n")
+    url = server.publish("pamap2.zip", uci_zip(FILES))
+    report = fetch_pamap2(raw_dir, url, expected=expected_table(FILES))
+
+    # The fetched files replace theirs; files fetch does not install stay as they were.
+    assert tree(raw_dir / "PAMAP2_Dataset") == FILES | {
+        "Protocol/stale.dat": b"only in the previous copy\n",
+        "notes/labels.txt": b"my own annotations\n",
+    }
+    assert report["kept"] == ["Protocol/stale.dat", "notes/labels.txt"]
+    assert [p.name for p in raw_dir.iterdir()] == ["PAMAP2_Dataset"]
+
+
+def test_fetch_over_a_synthetic_set_drops_the_generator_files(
+    server: Server, raw_dir: Path
+) -> None:
+    install_previous(raw_dir)
+    (raw_dir / "PAMAP2_Dataset" / "SYNTHETIC.json").write_text("{}")
+    (raw_dir / "PAMAP2_Dataset" / "README.md").write_text("mine\n")
     url = server.publish("pamap2.zip", uci_zip(FILES))
     fetch_pamap2(raw_dir, url, expected=expected_table(FILES))
 
-    assert tree(raw_dir / "PAMAP2_Dataset") == FILES  # stale file gone with the old copy
-    assert [p.name for p in raw_dir.iterdir()] == ["PAMAP2_Dataset"]
+    # The generator's .dat files and marker go with the synthetic set; the user's file stays.
+    assert tree(raw_dir / "PAMAP2_Dataset") == FILES | {"README.md": b"mine\n"}
+
+
+def test_a_killed_fetch_leaves_nothing_for_long(server: Server, raw_dir: Path) -> None:
+    """Work folders of a fetch killed mid-download (GBs) go at the next fetch; one killed between
+    the two renames of the swap holds the previous data set, which is put back first."""
+    install_previous(raw_dir)
+    dead = dead_pid()
+    download = raw_dir / f".pamap2-fetch-@{socket.gethostname()}-{dead}@-abc"
+    download.mkdir()
+    (download / "download.zip").write_bytes(b"x" * 1000)
+    alive = raw_dir / f".pamap2-fetch-@{socket.gethostname()}-{os.getpid()}@-def"
+    alive.mkdir()  # a fetch still running (here: this process) is left alone
+    url = server.publish("pamap2.zip", uci_zip(FILES))
+    fetch_pamap2(raw_dir, url, expected=expected_table(FILES))
+    assert sorted(p.name for p in raw_dir.iterdir()) == sorted(["PAMAP2_Dataset", alive.name])
+
+    # Killed between the renames: PAMAP2_Dataset is missing, its copy is in the work folder.
+    swapped = raw_dir / f".pamap2-fetch-@{socket.gethostname()}-{dead}@-ghi"
+    swapped.mkdir()
+    (raw_dir / "PAMAP2_Dataset").rename(swapped / "previous")
+    restored = tree(swapped / "previous")
+    with pytest.raises(FetchError):
+        fetch_pamap2(raw_dir, server.url("missing.zip"), expected=expected_table(FILES))
+    assert tree(raw_dir / "PAMAP2_Dataset") == restored
+    assert not swapped.exists()
+
+
+def dead_pid() -> int:
+    """The id of a process that has ended."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
 
 
 def assert_untouched(raw_dir: Path, previous: dict[str, bytes] | None) -> None:

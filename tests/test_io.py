@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -14,9 +17,12 @@ from polars.testing import assert_frame_equal
 
 from ml_core.io import (
     PARQUET_COMPRESSION,
+    PartitionBusyError,
     atomic_path,
     load_torch,
+    partition_lock,
     save_torch,
+    staging_root,
     write_json,
     write_parquet,
     write_text,
@@ -78,3 +84,68 @@ def test_a_failed_write_keeps_the_previous_output(tmp_path):
         raise RuntimeError("killed")
     assert target.read_text() == "good\n"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def _dead_pid() -> int:
+    """The id of a process that has ended."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_second_writer_of_a_partition_is_refused_until_the_first_ends(tmp_path):
+    with partition_lock(tmp_path, "models/holdout-106/lstm"):
+        busy = pytest.raises(PartitionBusyError, match=f"another run .*process {os.getpid()}")
+        with busy, partition_lock(tmp_path, "models/holdout-106/lstm"):
+            pass
+        with partition_lock(tmp_path, "models/holdout-106/tcn"):  # other partitions run
+            pass
+    with partition_lock(tmp_path, "models/holdout-106/lstm"):
+        pass
+
+
+def test_a_killed_writer_never_leaves_its_partition_locked(tmp_path):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from ml_core.io import partition_lock\n"
+            f"with partition_lock({str(tmp_path)!r}, 'evaluation/loso-101/lstm'):\n"
+            "    print('locked', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        busy = pytest.raises(PartitionBusyError, match=f"process {holder.pid}")
+        with busy, partition_lock(tmp_path, "evaluation/loso-101/lstm"):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with partition_lock(tmp_path, "evaluation/loso-101/lstm"):
+        pass
+
+
+def test_leftovers_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
+    host, dead = socket.gethostname(), _dead_pid()
+    staging = tmp_path / ".staging"
+    staging.mkdir()
+    (staging / f"evaluation-loso-101-0.@{host}-{dead}@.x1").mkdir()
+    (staging / f"evaluation-loso-101-0.@{host}-{dead}@.x1" / "predictions.parquet").write_bytes(
+        b"half"
+    )
+    live = staging / f"shards-101.@{host}-{os.getpid()}@.x2"
+    live.mkdir()
+    foreign = staging / "fold-loso-102.@another-host-1@.x3"  # another machine, recent
+    foreign.mkdir()
+    with staging_root(tmp_path, "fold-loso-101") as folder:
+        assert folder.parent == staging
+    assert sorted(p.name for p in staging.iterdir()) == sorted([live.name, foreign.name])
+
+    target = tmp_path / "summary.json"
+    stale = tmp_path / f".summary.json.@{host}-{dead}@.abc.tmp"
+    stale.write_bytes(b"x" * 100)
+    write_json({"ok": True}, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".staging", "summary.json"]

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import polars as pl
 import pytest
 import torch
 
-from ml_core import pipeline
 from ml_core.data import pipeline as data_pipeline
 from ml_core.data.columns import HEART_RATE, MODEL_CHANNELS, SESSION, SUBJECT, TIMESTAMP
 from ml_core.data.folds import read_manifest
@@ -20,7 +18,12 @@ from ml_core.data.stats import compute_feature_stats, write_feature_stats
 from ml_core.data.synthetic import generate_recording, write_dataset
 from ml_core.data.windows import WindowConfig, WindowData
 from ml_core.io import load_torch
-from ml_core.lifecycle.serving import SensorWindowClassifier, clean_windows
+from ml_core.lifecycle.serving import (
+    SensorWindowClassifier,
+    clean_windows,
+    export_serving_program,
+    load_serving_program,
+)
 from ml_core.paths import DataPaths
 from ml_core.training.train import TrainConfig, load_trained_model, predict_proba, train_model
 
@@ -110,7 +113,7 @@ def _raw_test_windows(paths: DataPaths) -> tuple[torch.Tensor, np.ndarray]:
     return torch.from_numpy(np.stack(windows)), np.array(labels)
 
 
-def test_raw_rows_through_the_logged_model_agree_with_evaluation(
+def test_raw_rows_through_the_serving_program_agree_with_evaluation(
     trained: tuple[DataPaths, Path], tmp_path: Path
 ) -> None:
     paths, best = trained
@@ -126,15 +129,10 @@ def test_raw_rows_through_the_logged_model_agree_with_evaluation(
     assert (class_ids[y] == activities).all()
     assert torch.isnan(windows[..., MODEL_CHANNELS.index(HEART_RATE)]).float().mean() > 0.8
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.set_experiment("serving")
-    with mlflow.start_run():
-        pipeline._log_serving_model(best, stats, TrainConfig(window=WINDOW))
-    logged = mlflow.last_logged_model()
-    assert logged is not None
-    served = mlflow.pytorch.load_model(logged.model_uri)
+    export_serving_program(best, stats, tmp_path / "model.pt2")
+    served = load_serving_program(tmp_path / "model.pt2")
+    served_probs = served(windows.numpy())
     with torch.no_grad():
-        served_probs = served(windows).numpy()
         direct = SensorWindowClassifier(model, stats)(windows).numpy()
     np.testing.assert_allclose(served_probs, direct, atol=1e-5)
     agreement = float((served_probs.argmax(1) == evaluation).mean())

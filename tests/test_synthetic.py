@@ -23,7 +23,7 @@ from ml_core.data.columns import (
     TIMESTAMP,
     imu_columns,
 )
-from ml_core.data.synthetic import SCALES, generate_recording, write_dataset
+from ml_core.data.synthetic import SCALES, RecordingsExistError, generate_recording, write_dataset
 from ml_core.paths import DataPaths
 
 # The real excerpt lives in ../shared beside the repository (in CI too).
@@ -318,3 +318,36 @@ def test_models_learn_across_subjects_and_within_subject_is_easier(
     chance = 1 / len(np.unique(y))
     assert cross > 4 * chance, f"cross-subject accuracy {cross:.2f}"
     assert within > cross + 0.05, f"within {within:.2f} vs cross-subject {cross:.2f}"
+
+
+def test_recordings_it_did_not_write_are_never_overwritten_unasked(tmp_path: Path) -> None:
+    """Real recordings (no synthetic marker) stop the generator before it writes anything;
+    `overwrite=True` is the explicit way; its own earlier output it rewrites freely."""
+    paths = DataPaths(tmp_path)
+    real = paths.dat_file("protocol", 101)
+    real.parent.mkdir(parents=True)
+    real.write_bytes(b"0.01 1 100 real recording\n")
+    with pytest.raises(RecordingsExistError, match="not generated here.*subject101.dat"):
+        write_dataset(paths.raw, scale="tiny", subjects=[101, 102])
+    assert real.read_bytes() == b"0.01 1 100 real recording\n"
+    assert sorted(p.name for p in paths.dataset.rglob("*")) == ["Protocol", "subject101.dat"]
+
+    write_dataset(paths.raw, scale="tiny", subjects=[101], overwrite=True)
+    assert paths.synthetic_marker.exists() and real.read_bytes() != b"0.01 1 100 real recording\n"
+    write_dataset(paths.raw, scale="tiny", subjects=[101, 102])  # its own files: no flag needed
+    assert paths.dat_file("protocol", 102).exists()
+
+
+def test_pamap_synth_refuses_real_recordings_without_overwrite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestration.cli import main
+
+    monkeypatch.setenv("PAMAP_DATA_ROOT", str(tmp_path))  # main() sets it; restored after
+
+    paths = DataPaths(tmp_path)
+    real = paths.dat_file("optional", 105)
+    real.parent.mkdir(parents=True)
+    real.write_bytes(b"real\n")
+    assert main(["synth", "--scale", "tiny", "--data-root", str(tmp_path)]) == 1
+    assert real.read_bytes() == b"real\n" and not paths.synthetic_marker.exists()

@@ -118,6 +118,9 @@ def test_protocol_settings_reach_the_window_config(tmp_path):
         ("model: lstm\n    seeds: [1, 1]", 5, "seeds", "listed twice"),
         ("model: lstm\n    seeds: 0", 5, "seeds", "expected an integer >= 1"),
         ("model: lstm\n    balanced_sampling: 1", 5, "balanced_sampling", "expected bool"),
+        ("model: lstm\n    lr: .nan", 5, "lr", "expected a finite number, got nan"),
+        ("model: lstm\n    lr: [0.001, .inf]", 5, "lr", "expected a finite number, got inf"),
+        ("model: lstm\n    weight_decay: -0.1", 5, "weight_decay", "must be a finite number >= 0"),
     ],
 )
 def test_a_bad_variant_names_file_line_variant_and_setting(tmp_path, entry, line, setting, message):
@@ -155,12 +158,33 @@ def test_one_bad_variant_registers_nothing_and_every_problem_is_listed(tmp_path)
         ("variants: [a, b]\n", ":1: `variants` must be a mapping"),
         ("models:\n  a: {model: lstm}\n", ":1: expected one top-level key `variants:`"),
         ("variants:\n  a: {model: lstm\n", "not valid YAML"),
+        ("variants:\n  a:\n    model: lstm\n    lr: 0.1\x07\n", ":4: not valid YAML: unacceptable"),
+        ("variants:\n  ? [a, b]\n  : {model: lstm}\n", ":2: not valid YAML: a key must be a name"),
+        ("variants:\n  a:\n    ? {x: 1}\n    : 2\n", ":3: not valid YAML: a key must be a name"),
+        (
+            "variants:\n  big:\n    model: lstm\n    lr: [1, 2, 3, 4, 5]\n"
+            "    weight_decay: [0, 1, 2, 3, 4]\n    epochs: [1, 2, 3]\n",
+            ":2: variant 'big': the sweep makes 75 variants, more than 64",
+        ),
     ],
 )
 def test_file_level_problems(tmp_path, text, message):
     with pytest.raises(VariantError) as error:
         load_variants(_write(tmp_path, text))
     assert message in str(error.value)
+
+
+def test_a_file_that_is_not_utf8_names_its_line(tmp_path):
+    path = tmp_path / "experiments.yaml"
+    path.write_bytes(b"variants:\n  a:\n    description: caf\xe9\n    model: lstm\n")
+    with pytest.raises(VariantError, match=r"experiments.yaml:3: not UTF-8 text \(byte 0xe9"):
+        load_variants(path)
+
+
+def test_a_nan_learning_rate_is_refused_by_the_launchpad_config():
+    for bad in (float("nan"), float("inf"), 0.0):
+        with pytest.raises(ValueError, match="TrainConfig.lr must be a finite number > 0"):
+            TrainConfig(lr=bad)
 
 
 def test_the_projects_experiments_file_is_valid():

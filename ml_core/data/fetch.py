@@ -22,10 +22,15 @@ import zlib
 from pathlib import Path
 from typing import IO, Any
 
+from ml_core.io import is_leftover, owner_tag, remove_leftovers
+
 PAMAP2_URL = "https://archive.ics.uci.edu/static/public/231/pamap2+physical+activity+monitoring.zip"
 DATASET_DIR = "PAMAP2_Dataset"
 CHUNK = 1 << 20
 PROGRESS_EVERY = 16 << 20
+WORK_PREFIX = ".pamap2-fetch-"
+PREVIOUS = "previous"
+SYNTHETIC_MARKER = "SYNTHETIC.json"  # DataPaths.synthetic_marker, inside DATASET_DIR
 
 # Relative path inside PAMAP2_Dataset -> (bytes, sha256), from the official archive.
 EXPECTED_FILES: dict[str, tuple[int, str]] = {
@@ -205,18 +210,52 @@ def _extract_verified(
     return {"name": rel, "bytes": written, "sha256": sha256}
 
 
+def _keep_users_files(old: Path, new: Path, expected: dict[str, tuple[int, str]]) -> list[str]:
+    """Link every file of the installed `old` folder that fetch does not install into `new`
+    (a user's notes, extra recordings), so the swap deletes none of them. Hard links: both
+    copies exist until the swap, so a kill at any point loses nothing. The synthetic marker
+    goes (the data are no longer synthetic), and so do the generator's own `.dat` files when
+    the installed set was synthetic."""
+    synthetic = (old / SYNTHETIC_MARKER).exists()
+    kept = []
+    for path in sorted(p for p in old.rglob("*") if p.is_file() or p.is_symlink()):
+        rel = path.relative_to(old).as_posix()
+        if rel in expected or rel == SYNTHETIC_MARKER:
+            continue
+        if synthetic and path.suffix == ".dat" and rel.split("/")[0] in ("Protocol", "Optional"):
+            continue
+        target = new / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target, follow_symlinks=False)
+        except OSError:  # no hard links on this file system
+            shutil.copy2(path, target, follow_symlinks=False)
+        kept.append(rel)
+    return kept
+
+
 def _swap_in(new: Path, target: Path, work: Path) -> None:
     """Rename `new` onto `target`; a previous `target` moves into `work` and goes with it."""
     if not target.exists():
         os.replace(new, target)
         return
-    old = work / "previous"
+    old = work / PREVIOUS
     os.replace(target, old)
     try:
         os.replace(new, target)
     except OSError:
         os.replace(old, target)  # put the previous good copy back before reporting
         raise
+
+
+def _clean_leftovers(raw_dir: Path, target: Path) -> None:
+    """Remove work folders of fetches that were killed (they can hold GBs). One killed between
+    the two renames of the swap holds the only copy of the previous data set: put it back."""
+    for work in sorted(raw_dir.glob(f"{WORK_PREFIX}*")):
+        previous = work / PREVIOUS
+        if is_leftover(work) and previous.is_dir() and not target.exists():
+            os.replace(previous, target)
+    remove_leftovers(raw_dir, f"{WORK_PREFIX}*")
 
 
 def fetch_pamap2(
@@ -229,7 +268,9 @@ def fetch_pamap2(
 
     `expected` maps `Protocol/subject101.dat`-style paths to (bytes, sha256); None means the
     official table. On any failure a FetchError is raised, no temporary files stay behind and a
-    previous `PAMAP2_Dataset` is left as it was.
+    previous `PAMAP2_Dataset` is left as it was. Files of a previous `PAMAP2_Dataset` that are
+    not among the expected ones stay (`kept`), except a synthetic set's own files; work folders
+    of killed fetches are removed first.
     """
     expected = EXPECTED_FILES if expected is None else expected
     for rel in expected:
@@ -238,9 +279,10 @@ def fetch_pamap2(
     raw_dir = Path(raw_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
     target = raw_dir / DATASET_DIR
+    _clean_leftovers(raw_dir, target)
     start = time.perf_counter()
     # The work directory sits beside the target so the final rename stays on one file system.
-    with tempfile.TemporaryDirectory(prefix=".pamap2-fetch-", dir=raw_dir) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{owner_tag()}-", dir=raw_dir) as tmp:
         work = Path(tmp)
         archive_path = work / "download.zip"
         archive_bytes = download(url, archive_path, timeout=timeout)
@@ -250,11 +292,13 @@ def fetch_pamap2(
                 _extract_verified(archive, rel, size, sha, staged / rel, f"archive from {url}")
                 for rel, (size, sha) in sorted(expected.items())
             ]
+        kept = _keep_users_files(target, staged, expected) if target.is_dir() else []
         _swap_in(staged, target, work)
     return {
         "url": url,
         "archive_bytes": archive_bytes,
         "dataset_dir": str(target),
         "files": files,
+        "kept": kept,
         "seconds": round(time.perf_counter() - start, 2),
     }

@@ -783,19 +783,42 @@ def _dat_path(raw_dir: Path, session: str, subject: int) -> Path:
     return raw_dir / layout.dat_file(session, subject).relative_to(layout.raw)
 
 
+class RecordingsExistError(FileExistsError):
+    """The data set folder holds recordings this generator did not write."""
+
+
 def write_dataset(
-    raw_dir: Path, scale: str = "demo", seed: int = 0, subjects: Sequence[int] | None = None
+    raw_dir: Path,
+    scale: str = "demo",
+    seed: int = 0,
+    subjects: Sequence[int] | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Write `PAMAP2_Dataset/{Protocol,Optional}/subject1NN.dat` under `raw_dir`.
 
     Returns a summary: per file (relative to `raw_dir`) its rows and bytes, total rows, seconds.
     The same seed gives byte-identical files; a subject's data does not depend on the others.
+    Recordings that this generator did not write (no synthetic marker beside them: a download or
+    a user's own files) are never overwritten unless `overwrite` says so; the marker is written
+    before the first file, so a generation that was cut short can be repeated.
     """
     begin = time.perf_counter()
     raw_dir = Path(raw_dir)
     chosen = list(SUBJECTS if subjects is None else subjects)
     for subject in chosen:  # refuse bad arguments before writing anything
         _check(subject, "protocol", scale, seed)
+    layout = DataPaths(Path())
+    marker = raw_dir / layout.synthetic_marker.relative_to(layout.raw)
+    existing = sorted(marker.parent.glob("*/*.dat")) if marker.parent.is_dir() else []
+    if existing and not marker.exists() and not overwrite:
+        raise RecordingsExistError(
+            f"{marker.parent} holds {len(existing)} recordings that were not generated here "
+            f"(no {marker.name}), e.g. {existing[0].relative_to(marker.parent)}: refusing to "
+            "overwrite them. Move them away, write elsewhere, or overwrite explicitly "
+            "(`pamap synth --overwrite`)."
+        )
+    # Reports label results on this data as synthetic; a real download replaces the folder.
+    write_json({"generator": "ml_core.data.synthetic", "scale": scale, "seed": seed}, marker)
     files: dict[str, dict[str, int]] = {}
     for subject in chosen:
         sessions = ["protocol"] + (["optional"] if subject in OPTIONAL_SUBJECTS else [])
@@ -814,10 +837,6 @@ def write_dataset(
                 "rows": frame.height,
                 "bytes": target.stat().st_size,
             }
-    # Reports label results on this data as synthetic; a real download replaces the folder.
-    layout = DataPaths(Path())
-    marker = raw_dir / layout.synthetic_marker.relative_to(layout.raw)
-    write_json({"generator": "ml_core.data.synthetic", "scale": scale, "seed": seed}, marker)
     return {
         "scale": scale,
         "seed": seed,

@@ -6,18 +6,31 @@ LOSO macro F1 that beats the baseline's and stays within the ECE bound. `promote
 registers it under one registered-model name with the alias `champion`, only when it beats the
 current champion; the version it replaces gets the alias `previous_champion`, so
 `rollback_champion` is one alias move (and can itself be undone the same way).
+
+Only a promotion exports a serving model: `promote_champion` calls `publish`, which writes the
+chosen run's checkpoint as a `torch.export` program into that run's artifacts (`serving/`); the
+registered version points at it and records its format and sha256, which
+`ml_core.lifecycle.timeline.load_registered_model` checks before loading it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ml_core.lifecycle.serving import SERVING_FORMAT
+
 CHAMPION = "champion"
 PREVIOUS = "previous_champion"
 REGISTERED_MODEL = "pamap2-activity"
+# Where a promoted run's serving program goes among its artifacts, and the version tags that
+# describe it.
+SERVING_DIR = "serving"
+FORMAT_TAG = "serving_format"
+SHA256_TAG = "serving_sha256"
 
 
 @dataclass(frozen=True)
@@ -27,8 +40,8 @@ class LeaderboardRow:
     `variant` is its name (a built-in variant is named after its model), `model` the registered
     model it trains. `complete`: every fold in `folds` was evaluated. `ece`: expected
     calibration error of the pooled LOSO predictions (after temperature scaling when the bundle
-    has it). `model_id`: the MLflow logged model to register for this variant (what
-    `log_model` returned), trained on fold `trained_on` in `source_dir` (its `best.pt`).
+    has it). `run_id`: the MLflow training run of the model to register for this variant,
+    trained on fold `trained_on` in `source_dir` (its `best.pt`).
     """
 
     variant: str
@@ -38,7 +51,7 @@ class LeaderboardRow:
     complete: bool
     pooled_loso_macro_f1: float
     ece: float
-    model_id: str | None = None
+    run_id: str | None = None
     trained_on: str = ""
     source_dir: str | None = None
     model: str = ""  # the registered model the variant trains
@@ -92,8 +105,8 @@ def select_champion(rows: list[LeaderboardRow], gates: ChampionGates) -> Selecti
             )
         elif row.ece > gates.max_ece:
             rejected[row.variant] = f"ECE {row.ece:.4f} above the bound {gates.max_ece}"
-        elif row.model_id is None:
-            rejected[row.variant] = "no model to register"
+        elif row.run_id is None or row.source_dir is None:
+            rejected[row.variant] = "no training run with a checkpoint to register"
         else:
             eligible.append(row)
     if not eligible:
@@ -121,7 +134,7 @@ class Promotion:
 
 def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     try:
-        return client.get_model_version_by_alias(name, alias).version
+        return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:  # no such model or alias
         return None
 
@@ -129,11 +142,16 @@ def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
 def current_champion(
     client: MlflowClient, name: str = REGISTERED_MODEL
 ) -> tuple[str | None, float | None]:
-    """The champion's version and pooled LOSO macro F1, or (None, None) without one."""
+    """The champion's version and pooled LOSO macro F1, or (None, None) without one. A champion
+    that is not a published serving program (registered before the platform exported one, or
+    by hand) has no F1 to defend: any candidate past the gates replaces it."""
     current = _alias_version(client, name, CHAMPION)
     if current is None:
         return None, None
-    return current, float(client.get_model_version(name, current).tags["pooled_loso_macro_f1"])
+    tags = client.get_model_version(name, current).tags
+    if tags.get(FORMAT_TAG) != SERVING_FORMAT:
+        return current, None
+    return current, float(tags["pooled_loso_macro_f1"])
 
 
 def beats_current(candidate: LeaderboardRow, current_f1: float | None) -> bool:
@@ -142,9 +160,17 @@ def beats_current(candidate: LeaderboardRow, current_f1: float | None) -> bool:
 
 
 def promote_champion(
-    client: MlflowClient, selection: Selection, name: str = REGISTERED_MODEL
+    client: MlflowClient,
+    selection: Selection,
+    publish: Callable[[LeaderboardRow], str],
+    name: str = REGISTERED_MODEL,
 ) -> Promotion:
-    """Register the selected variant and move `champion` to it, if it beats the current one."""
+    """Register the selected variant and move `champion` to it, if it beats the current one.
+
+    `publish(row)` is called only then: it writes the row's serving program (`SERVING_FILE` of
+    `ml_core.lifecycle.serving`) under `SERVING_DIR` in the artifacts of run `row.run_id` and
+    returns its sha256."""
+
     current, current_f1 = current_champion(client, name)
     candidate = selection.champion
     if candidate is None:
@@ -155,8 +181,8 @@ def promote_champion(
             f"current champion, version {current} ({current_f1:.4f})"
         )
         return Promotion(False, reason, current, None, current_f1)
-    assert candidate.model_id is not None  # select_champion rejects rows without one
-    logged = client.get_logged_model(candidate.model_id)
+    assert candidate.run_id is not None  # select_champion rejects rows without one
+    digest = publish(candidate)
     try:
         client.get_registered_model(name)
     except MlflowException:
@@ -164,10 +190,11 @@ def promote_champion(
     baseline = selection.baseline
     version = client.create_model_version(
         name,
-        source=f"models:/{candidate.model_id}",
-        run_id=logged.source_run_id,
-        model_id=candidate.model_id,
+        source=f"runs:/{candidate.run_id}/{SERVING_DIR}",
+        run_id=candidate.run_id,
         tags={
+            FORMAT_TAG: SERVING_FORMAT,
+            SHA256_TAG: digest,
             "variant": candidate.variant,
             "model": candidate.model,
             "protocol_id": candidate.protocol_id,
@@ -180,12 +207,17 @@ def promote_champion(
             else "",
         },
     ).version
+    version = str(version)  # the SQLite store gives an int, a tracking server a string
     if current is not None:
         client.set_registered_model_alias(name, PREVIOUS, current)
     client.set_registered_model_alias(name, CHAMPION, version)
-    reason = f"{candidate.variant} ({candidate.pooled_loso_macro_f1:.4f}) " + (
-        f"beats version {current} ({current_f1:.4f})" if current is not None else "is the first"
-    )
+    if current is None:
+        versus = "is the first"
+    elif current_f1 is None:
+        versus = f"replaces version {current}, which is not a {SERVING_FORMAT} program"
+    else:
+        versus = f"beats version {current} ({current_f1:.4f})"
+    reason = f"{candidate.variant} ({candidate.pooled_loso_macro_f1:.4f}) {versus}"
     return Promotion(True, reason, version, current, candidate.pooled_loso_macro_f1)
 
 

@@ -6,18 +6,40 @@ whole recording, serving sees one window, so two edges differ (measured in
 tests/test_serving.py): heart rate before the window's first reading is back-filled from it
 (training carries the previous reading forward), and the 25-sample median and the IMU gap
 interpolation stop at the window's edges (an IMU gap touching an edge stays missing).
+
+The serving model is published only when a model is promoted (`ml_core.lifecycle.champion`):
+`export_serving_program` turns a checkpoint into a `torch.export` program file (`.pt2`), and
+`load_serving_program` reads one back without running pickle: the archive must hold nothing
+but the exported graph (JSON) and raw tensor bytes, and every tensor load is forced to
+`weights_only`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import os
+import re
+import threading
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ml_core.data.columns import HEART_RATE, MODALITIES, MODEL_CHANNELS
 from ml_core.data.impute import HR_MEDIAN_WINDOW, MAX_GAP_SAMPLES
+from ml_core.io import atomic_path
+from ml_core.training.config import TrainConfig
+from ml_core.training.train import load_trained_model
+
+SERVING_FORMAT = "torch.export"
+SERVING_FILE = "model.pt2"
 
 
 def _previous_and_next(valid: Tensor) -> tuple[Tensor, Tensor]:
@@ -124,3 +146,93 @@ class SensorWindowClassifier(nn.Module):
             for m, (a, b) in self.slices.items()
         }
         return torch.softmax(self.model(x, present), dim=-1)
+
+
+def export_serving_program(best_path: Path, stats: dict[str, Any], target: Path) -> str:
+    """Export the model of checkpoint `best_path` as a `SensorWindowClassifier` (raw rows in,
+    probabilities out; `feature_gbm` as its tensor form) to the `torch.export` file `target`,
+    with a dynamic batch dimension. Returns the file's sha256."""
+    model, ckpt = load_trained_model(best_path)
+    config = TrainConfig(**ckpt["train_config"])
+    net = model if isinstance(model, nn.Module) else model.as_module()
+    serving = SensorWindowClassifier(net, stats, decimate=config.window.decimate).eval()
+    rows = config.window.window * config.window.decimate
+    # Two windows: torch.export specialises a batch dimension of size 1 to a constant.
+    example = torch.zeros(2, rows, len(MODEL_CHANNELS))
+    with torch.no_grad():
+        program = torch.export.export(
+            serving, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},)
+        )
+    buffer = io.BytesIO()  # torch.export.save wants a `.pt2` name or a buffer
+    torch.export.save(program, buffer)
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+    return hashlib.sha256(buffer.getvalue()).hexdigest()
+
+
+# What a `torch.export.save` archive of a plain tensor program holds, below its top folder. An
+# AOTInductor library (native code), a pickled tensor subclass or a custom object is refused.
+_ALLOWED_ENTRIES = re.compile(
+    r"(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
+    r"|models/[\w.-]+\.json|data/weights/(weight_\d+|[\w.-]+_weights_config\.json)"
+    r"|data/constants/(tensor_\d+|[\w.-]+_constants_config\.json)"
+    r"|data/sample_inputs/[\w.-]+\.pt)"
+)
+# torch.load's weights_only switch is process-wide (an environment variable): one load at a time.
+_LOAD_LOCK = threading.Lock()
+
+
+class UnsafeModelError(ValueError):
+    """A model file that is not a plain `torch.export` program of this platform."""
+
+
+def check_serving_archive(path: Path) -> None:
+    """Refuse `path` unless it is a `torch.export` archive of tensors and a graph only."""
+    if not zipfile.is_zipfile(path):
+        raise UnsafeModelError(f"{path}: not a torch.export program (not a .pt2 archive)")
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        tops = {name.split("/", 1)[0] for name in names}
+        if len(tops) != 1:
+            raise UnsafeModelError(f"{path}: not a torch.export program (several top folders)")
+        (top,) = tops
+        inner = [name.split("/", 1)[1] if "/" in name else "" for name in names]
+        unexpected = [name for name in inner if not _ALLOWED_ENTRIES.fullmatch(name)]
+        if unexpected or "models/model.json" not in inner:
+            what = ", ".join(unexpected[:3]) or "no models/model.json"
+            raise UnsafeModelError(f"{path}: not a plain torch.export program ({what})")
+        for name in inner:
+            if not name.endswith("_config.json"):
+                continue
+            try:
+                config = json.loads(archive.read(f"{top}/{name}"))["config"]
+                pickled = [k for k, v in config.items() if v.get("use_pickle", True)]
+            except (ValueError, KeyError, AttributeError, TypeError) as exc:
+                raise UnsafeModelError(f"{path}: {name} is not a payload config: {exc}") from exc
+            if pickled:
+                raise UnsafeModelError(
+                    f"{path}: {name} stores {', '.join(pickled[:3])} as pickle; refused"
+                )
+
+
+def load_serving_program(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """The program of `export_serving_program` as a raw-window predictor, loaded without
+    unpickling anything (`check_serving_archive` first; every tensor load weights-only)."""
+    check_serving_archive(path)
+    with _LOAD_LOCK:
+        saved = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+        os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+        try:
+            module = torch.export.load(path).module()
+        finally:
+            if saved is None:
+                os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+            else:
+                os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = saved
+
+    def predict(windows: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            out = module(torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)))
+        return out.double().numpy()
+
+    return predict

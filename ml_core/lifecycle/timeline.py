@@ -15,6 +15,8 @@ majority activity of the window's rows; activity 0 (transient) windows are shown
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +40,7 @@ from ml_core.data.columns import (
 )
 from ml_core.evaluation.metrics import macro_f1
 from ml_core.evaluation.protocol import EvaluationProtocol
-from ml_core.io import atomic_path, write_parquet
+from ml_core.io import atomic_path, partition_lock, replace_dir, staging_root, write_parquet
 
 Smoothing = Literal["hmm", "median", "none"]
 # Consecutive rows further apart than this are a gap (PAMAP2 samples every 0.01 s).
@@ -251,6 +253,45 @@ def write_timeline(timeline: Timeline, target: Path) -> Path:
     return write_parquet(timeline.frame, target, compression="zstd")
 
 
+# --- inbox recordings ---------------------------------------------------------------------------
+
+# An inbox file's name without `.dat` becomes a partition key and a folder name: ASCII letters,
+# digits, '.', '_' and '-', starting with a letter or digit (no path, no hidden name, no option).
+INBOX_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_inbox_name(name: str) -> str:
+    """`name` if it is a safe inbox recording name, else a ValueError saying what is allowed."""
+    if not INBOX_NAME.fullmatch(name):
+        raise ValueError(
+            f"inbox recording name {name!r} is not allowed: use 1-100 ASCII letters, digits, "
+            "'.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def inbox_recordings(inbox: Path) -> tuple[dict[str, tuple[int, float]], list[str]]:
+    """The `.dat` files of `inbox` with a safe name, as name -> (bytes, modification time), and
+    the file names skipped (unsafe or undecodable, shown with escapes). A file that vanishes
+    while being listed is left for the next look."""
+    found: dict[str, tuple[int, float]] = {}
+    skipped: list[str] = []
+    if not inbox.is_dir():
+        return found, skipped
+    for path in sorted(inbox.iterdir()):
+        if path.suffix != ".dat":
+            continue
+        if not INBOX_NAME.fullmatch(path.stem):
+            skipped.append(ascii(path.name))  # undecodable bytes come back as \udcxx escapes
+            continue
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        found[path.stem] = (stat.st_size, stat.st_mtime)
+    return found, skipped
+
+
 # --- the registered champion over a recording --------------------------------------------------
 
 CHAMPION_MODEL_NAME = "pamap2-activity"
@@ -276,27 +317,69 @@ def load_registered_model(
     tracking_uri: str, name: str = CHAMPION_MODEL_NAME, alias: str = CHAMPION_ALIAS
 ) -> ServingModel:
     """The model version `name@alias` from the MLflow Model Registry, as a raw-window
-    predictor; its protocol comes from the params of the run that logged it."""
-    import mlflow.pyfunc
+    predictor; its protocol comes from the params of the run that logged it.
+
+    Only this platform's own models are loaded: the version must come from a run carrying the
+    platform's tags, name a `torch.export` program published by `promote_champion`, and the
+    downloaded file must match the sha256 recorded with the version; it is then loaded without
+    unpickling anything (`load_serving_program`). Anything else (a pyfunc or pickled model, a
+    run someone logged by hand) raises `UnsafeModelError` before any of its code could run."""
+    import tempfile
+
+    from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from ml_core.lifecycle.champion import FORMAT_TAG, SERVING_DIR, SHA256_TAG
+    from ml_core.lifecycle.serving import (
+        SERVING_FILE,
+        SERVING_FORMAT,
+        UnsafeModelError,
+        load_serving_program,
+    )
+    from ml_core.lifecycle.tracking import PLATFORM, PLATFORM_TAG
+    from ml_core.lifecycle.uris import safe_uri
+
     client = MlflowClient(tracking_uri=tracking_uri)
+    where = f"{name}@{alias} in the registry at {safe_uri(tracking_uri)}"
     try:
         version = client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        raise LookupError(
-            f"no model version {name}@{alias} in the registry at {tracking_uri}: "
-            "materialize champion_model first"
-        ) from exc
-    params = client.get_run(str(version.run_id)).data.params
-    protocol = EvaluationProtocol.from_params(params, f"model {name}@{alias}")
-    mlflow.set_tracking_uri(tracking_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
-
-    def predict(windows: np.ndarray) -> np.ndarray:
-        return np.asarray(model.predict(windows.astype(np.float32)), dtype=np.float64)
-
+        raise LookupError(f"no model version {where}: materialize champion_model first") from exc
+    refused = f"refusing model version {where} (version {version.version})"
+    if version.tags.get(FORMAT_TAG) != SERVING_FORMAT or not version.tags.get(SHA256_TAG):
+        raise UnsafeModelError(
+            f"{refused}: it is not a {SERVING_FORMAT} program published by champion_model "
+            f"(tag {FORMAT_TAG}={version.tags.get(FORMAT_TAG)!r}); only this platform's own "
+            "models are loaded"
+        )
+    expected_source = f"runs:/{version.run_id}/{SERVING_DIR}"
+    if not version.run_id or version.source != expected_source:
+        raise UnsafeModelError(f"{refused}: its source {version.source!r} is not {expected_source}")
+    run = client.get_run(str(version.run_id))
+    missing = [t for t in ("variant", "model", "protocol_id") if t not in run.data.tags]
+    if run.data.tags.get(PLATFORM_TAG) != PLATFORM or missing:
+        raise UnsafeModelError(
+            f"{refused}: run {version.run_id} was not logged by this platform "
+            f"(tag {PLATFORM_TAG}={run.data.tags.get(PLATFORM_TAG)!r}, missing tags {missing})"
+        )
+    protocol = EvaluationProtocol.from_params(run.data.params, f"model {name}@{alias}")
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(
+            download_artifacts(
+                run_id=str(version.run_id),
+                artifact_path=f"{SERVING_DIR}/{SERVING_FILE}",
+                dst_path=folder,
+                tracking_uri=tracking_uri,
+            )
+        )
+        digest = hashlib.sha256(local.read_bytes()).hexdigest()
+        if digest != version.tags[SHA256_TAG]:
+            raise UnsafeModelError(
+                f"{refused}: {SERVING_DIR}/{SERVING_FILE} of run {version.run_id} has sha256 "
+                f"{digest}, not the {version.tags[SHA256_TAG]} registered with the version"
+            )
+        predict = load_serving_program(local)
     return ServingModel(name, str(version.version), str(version.run_id), protocol, predict)
 
 
@@ -308,8 +391,9 @@ def run_timeline(
     method: Smoothing = "hmm",
 ) -> dict[str, object]:
     """Predict, smooth and score `recording`, then write `timeline.parquet` and `timeline.png`
-    into `out_dir`. Everything is computed before anything is written, and each file is
-    written atomically, so a failure leaves the previous timeline in place."""
+    into `out_dir`. Everything is computed before anything is written, and both files are
+    written into a staging folder and swapped in together, so a failure leaves the previous
+    timeline in place; a second run of the same recording meanwhile fails (`partition_lock`)."""
     p = model.protocol
     # The serving model takes raw 100 Hz rows and decimates itself.
     timeline = build_timeline(
@@ -320,12 +404,20 @@ def run_timeline(
         p.stride * p.decimate,
         method,
     )
-    parquet = write_timeline(timeline, Path(out_dir) / "timeline.parquet")
-    plot = plot_timeline(
-        timeline,
-        f"{title} · {model.name} v{model.version} · {method}",
-        Path(out_dir) / "timeline.png",
-    )
+    out_dir = Path(out_dir)
+    # One run per recording at a time; both files are swapped in together.
+    with (
+        partition_lock(out_dir.parent, out_dir.name),
+        staging_root(out_dir.parent, out_dir.name) as staged,
+    ):
+        write_timeline(timeline, staged / "timeline.parquet")
+        plot_timeline(
+            timeline,
+            f"{title} · {model.name} v{model.version} · {method}",
+            staged / "timeline.png",
+        )
+        replace_dir(staged, out_dir)
+    parquet, plot = out_dir / "timeline.parquet", out_dir / "timeline.png"
     change = (
         None
         if timeline.macro_f1_raw is None or timeline.macro_f1_smoothed is None

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Generator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
 import mlflow
 from mlflow.data.dataset import Dataset
 from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+from mlflow.environment_variables import MLFLOW_ALLOW_PICKLE_DESERIALIZATION
 from mlflow.tracking import MlflowClient
 
 from ml_core.data.folds import SPLITS, read_manifest
+from ml_core.lifecycle.uris import safe_uri
 from ml_core.paths import DataPaths, default_data_root
 
 # The experiment tag the MLflow UI reads to tell classic model training from GenAI work.
@@ -24,8 +27,22 @@ MODEL_TRAINING_KIND = "custom_model_development"
 # The UI (3.x) picks its view from this URL parameter, else from the browser's last choice,
 # and a new browser starts in the GenAI view: links into this experiment carry it.
 MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+# Every run this platform starts carries this tag; the champion is loaded only from such runs.
+PLATFORM_TAG = "pamap2.platform"
+PLATFORM = "pamap2-ml"
 # How a fold's splits are named as run inputs (the `mlflow.data.context` input tag).
 SPLIT_CONTEXT = {"train": "training", "val": "validation", "test": "testing"}
+
+
+def refuse_pickle_deserialization() -> None:
+    """Turn MLflow's pickle deserialization off for this process (and the processes it starts),
+    unless the operator set `MLFLOW_ALLOW_PICKLE_DESERIALIZATION` explicitly: a registry entry
+    someone else wrote then cannot run code when loaded. The platform's own models never need
+    it (see `ml_core.lifecycle.serving`)."""
+    os.environ.setdefault(MLFLOW_ALLOW_PICKLE_DESERIALIZATION.name, "false")
+
+
+refuse_pickle_deserialization()
 
 
 def default_tracking_uri() -> str:
@@ -97,7 +114,7 @@ class MlflowTracker:
 
     @property
     def is_local_file_store(self) -> bool:
-        return urlparse(self.tracking_uri).scheme in ("sqlite", "file", "")
+        return urlsplit(self.tracking_uri).scheme in ("sqlite", "file", "")
 
     def experiment_id(self) -> str:
         found = self.client.get_experiment_by_name(self.experiment)
@@ -132,7 +149,9 @@ class MlflowTracker:
             active = mlflow.start_run(run_id=run_id)
         else:
             active = mlflow.start_run(
-                experiment_id=self.experiment_id(), run_name=run_name, tags=dict(tags)
+                experiment_id=self.experiment_id(),
+                run_name=run_name,
+                tags={**tags, PLATFORM_TAG: PLATFORM},
             )
         try:
             yield active.info.run_id
@@ -157,7 +176,9 @@ class MlflowTracker:
 
     def _ui_url(self, route: str) -> str:
         experiment_id = self.experiment_id()
-        base = self.tracking_uri if not self.is_local_file_store else "http://127.0.0.1:5000"
+        base = (
+            safe_uri(self.tracking_uri) if not self.is_local_file_store else "http://127.0.0.1:5000"
+        )
         return f"{base.rstrip('/')}/#/experiments/{experiment_id}{route}?{MODEL_TRAINING_VIEW}"
 
     @staticmethod

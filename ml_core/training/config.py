@@ -6,6 +6,7 @@ ingest step) does not import torch, scikit-learn or MLflow.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
@@ -72,7 +73,7 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         offsets = ("mag_offset_ut", "temperature_offset_c", "heart_rate_offset_bpm")
         for name in ("rotation_deg", "scale_std", "jitter_std", *offsets):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:  # NaN fails too
                 raise ValueError(f"AugmentConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.time_warp < 1:
             raise ValueError(f"AugmentConfig.time_warp must be in [0, 1), got {self.time_warp}")
@@ -143,8 +144,21 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"TrainConfig.{name} must be None or >= 1, got {value}")
-        if self.warmup_steps < 0 or self.lr <= 0:
-            raise ValueError("TrainConfig needs warmup_steps >= 0 and lr > 0")
+        if self.warmup_steps < 0:
+            raise ValueError(f"TrainConfig.warmup_steps must be >= 0, got {self.warmup_steps}")
+        # NaN passes every `<` check, so the floats are checked for being finite first.
+        for name, low, inclusive in (
+            ("lr", 0.0, False),
+            ("weight_decay", 0.0, True),
+            ("focal_gamma", 0.0, True),
+            ("grad_clip", 0.0, False),
+        ):
+            value = getattr(self, name)
+            if value is None and name == "grad_clip":
+                continue
+            if not math.isfinite(value) or value < low or (value == low and not inclusive):
+                bound = f">= {low:g}" if inclusive else f"> {low:g}"
+                raise ValueError(f"TrainConfig.{name} must be a finite number {bound}, got {value}")
 
     @property
     def weighted_loss(self) -> bool:

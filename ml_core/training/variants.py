@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import re
 import types
 import typing
@@ -38,6 +39,8 @@ from ml_core.paths import PROJECT_ROOT
 from ml_core.training.config import TrainConfig, WindowConfig
 
 VARIANTS_FILE = PROJECT_ROOT / "experiments.yaml"
+# Variants one entry may expand to: each trains on every fold, so more is a typo, not a plan.
+MAX_SWEEP = 64
 WINDOW_SETTINGS = tuple(f.name for f in fields(WindowConfig))
 # What a variant may set for training; the rest (device, max_steps, batch sizes for
 # evaluation) belongs to where and how long a run goes, not to what the variant is.
@@ -158,6 +161,10 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _LineDict:
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
+        if not isinstance(key, str | int | float | bool):
+            raise ConstructorError(
+                None, None, f"a key must be a name, got {key!r}", key_node.start_mark
+            )
         if key in result:
             raise ConstructorError(
                 None,
@@ -188,7 +195,7 @@ def _check_type(value: Any, hint: Any) -> str | None:
         if option is int and isinstance(value, int) and not isinstance(value, bool):
             return None
         if option is float and isinstance(value, int | float) and not isinstance(value, bool):
-            return None
+            return None if math.isfinite(value) else f"expected a finite number, got {value!r}"
         if option is str and isinstance(value, str):
             return None
         if typing.get_origin(option) is typing.Literal and isinstance(value, str):
@@ -298,6 +305,13 @@ def _expand_entry(
     if len(problems) > start:
         return []
 
+    size = math.prod(len(v) for v in swept.values())
+    if size > MAX_SWEEP:
+        problems.append(
+            f"{where}:{lines.get('__entry__', 0)}: variant {name!r}: the sweep makes {size} "
+            f"variants, more than {MAX_SWEEP}: split it into entries"
+        )
+        return []
     variants = []
     sweep_keys = sorted(k for k, v in swept.items() if len(v) > 1)
     for combo in itertools.product(*(swept[k] for k in swept)):
@@ -340,12 +354,23 @@ def load_variants(path: str | Path = VARIANTS_FILE) -> list[Variant]:
     if not path.exists():
         return variants
     where = str(path)
+    raw = path.read_bytes()
     try:
-        document = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (a SafeLoader)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise VariantError(
+            [f"{where}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start})"]
+        ) from None
+    try:
+        document = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = mark.line + 1 if mark is not None else 0
         raise VariantError([f"{where}:{line}: not valid YAML: {exc.problem}"]) from None
+    except yaml.YAMLError as exc:  # the reader's errors (a control character) carry no mark
+        line = text.count("\n", 0, getattr(exc, "position", 0)) + 1
+        raise VariantError([f"{where}:{line}: not valid YAML: {exc}"]) from None
     if document is None:
         return variants
     if not isinstance(document, dict) or set(document) != {"variants"}:

@@ -92,10 +92,10 @@ def inbox_timeline(
 
     from ml_core.data.columns import SESSION
     from ml_core.data.ingest import read_dat
-    from ml_core.lifecycle.timeline import load_registered_model, run_timeline
+    from ml_core.lifecycle.timeline import check_inbox_name, load_registered_model, run_timeline
 
     paths = data_root.paths()
-    name = context.partition_key
+    name = check_inbox_name(context.partition_key)  # a key added by hand never leaves the inbox
     frame = read_dat(paths.inbox / f"{name}.dat", subject=0, session="protocol")
     recording = frame.with_columns(pl.lit("inbox").alias(SESSION))
     model = load_registered_model(mlflow.tracker().tracking_uri, alias=config.alias)
@@ -125,10 +125,17 @@ inbox_job = dg.define_asset_job(
 def inbox_sensor(context: dg.SensorEvaluationContext, data_root: DataRoot) -> dg.SensorResult:
     """Registers each new or changed `.dat` file in `data/inbox/` as an `inbox_timeline`
     partition and requests its run (cursor: file sizes and modification times). Stopped until
-    a user turns it on."""
-    inbox = data_root.paths().inbox
+    a user turns it on. Files whose name is not a safe partition key are skipped and logged."""
+    from ml_core.lifecycle.timeline import inbox_recordings
+
+    found, skipped = inbox_recordings(data_root.paths().inbox)
+    if skipped:
+        context.log.warning(
+            f"skipped {len(skipped)} inbox file(s) whose name is not allowed (use ASCII "
+            f"letters, digits, '.', '_', '-'): {', '.join(skipped)}"
+        )
     seen: dict[str, list[float]] = json.loads(context.cursor) if context.cursor else {}
-    current = {p.stem: [p.stat().st_size, p.stat().st_mtime] for p in sorted(inbox.glob("*.dat"))}
+    current = {name: list(stamp) for name, stamp in found.items()}
     changed = [name for name, stamp in current.items() if seen.get(name) != stamp]
     known = set(context.instance.get_dynamic_partitions(inbox_partitions.name or ""))
     new = [name for name in changed if name not in known]

@@ -105,6 +105,15 @@ def _run_tags(
     }
 
 
+def _training_slots(context: dg.AssetExecutionContext) -> int:
+    """How many trainings may run at once: the `training` pool's limit (1 if unknown)."""
+    try:
+        info = context.instance.event_log_storage.get_concurrency_info(TRAINING_POOL)
+    except NotImplementedError:  # a storage without pools
+        return 1
+    return max(1, info.slot_count)
+
+
 @dg.asset(
     partitions_def=fold_model_partitions,
     group_name="train",
@@ -179,6 +188,7 @@ def trained_model(
         seeds=seeds,
         variant=name,
         variant_settings=variant.settings(),
+        threads=pipeline.threads_per_slot(_training_slots(context)),
     )
     history_rows = [
         {k: r.get(k) for k in ("epoch", "train_loss", "val_loss", "val_macro_f1", "val_accuracy")}

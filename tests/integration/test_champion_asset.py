@@ -8,19 +8,22 @@ from pathlib import Path
 
 import dagster as dg
 import mlflow
-import mlflow.pytorch
 import numpy as np
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
-from ml_core.data.columns import SUBJECTS
-from ml_core.io import write_json
+from ml_core.data.columns import CLASS_SETS, MODALITIES, MODEL_CHANNELS, SUBJECTS
+from ml_core.evaluation.protocol import EvaluationProtocol
+from ml_core.io import save_torch, write_json
 from ml_core.lifecycle.champion import CHAMPION, REGISTERED_MODEL
+from ml_core.lifecycle.timeline import load_registered_model
 from ml_core.lifecycle.tracking import MlflowTracker
+from ml_core.models import create_model
 from ml_core.paths import DataPaths
+from ml_core.training.config import TrainConfig
 from orchestration.defs.champion import champion_model
 from orchestration.defs.resources import DataRoot, MlflowTracking
+from tests.test_windows import IDENTITY_STATS
 
 PROTOCOL = {"id": "p0000abcd", "class_set": "protocol12", "description": "a test protocol"}
 FOLDS = ["holdout-106", *(f"loso-{s}" for s in range(101, 110))]
@@ -41,13 +44,26 @@ def _entry(model: str, pooled: float, ece: float, folds: list[str], variant: str
 def _log_model(
     paths: DataPaths, tracker: MlflowTracker, variant: str, protocol_id: str = PROTOCOL["id"]
 ) -> str:
-    """A training run of `variant` on holdout-106 with a logged (tiny) model, as training does;
-    returns the run id."""
-    with tracker.run(f"holdout-106/{variant}", {"variant": variant}) as run_id:
-        mlflow.pytorch.log_model(
-            torch.nn.Linear(3, 2), name="model", input_example=np.zeros((2, 3), np.float32)
-        )
+    """A training run of `variant` on holdout-106 with an (untrained) temporal_cnn checkpoint
+    and the fold's feature statistics, as training leaves them; returns the run id."""
+    config = TrainConfig(window={"window": 32, "stride": 16})
+    tags = {"variant": variant, "model": "temporal_cnn", "protocol_id": protocol_id}
+    with tracker.run(f"holdout-106/{variant}", tags) as run_id:
+        tracker.log_params(EvaluationProtocol.of(config).to_params())
     model_dir = paths.model_dir("holdout-106", variant, protocol_id, 0)
+    channels = {m: len(columns) for m, columns in MODALITIES.items()}
+    save_torch(
+        {
+            "model_name": "temporal_cnn",
+            "class_ids": list(CLASS_SETS["protocol12"]),
+            "modality_channels": channels,
+            "model_overrides": {},
+            "model_state": create_model("temporal_cnn", 12, channels).state_dict(),
+            "train_config": config.to_dict(),
+        },
+        model_dir / "best.pt",
+    )
+    write_json(IDENTITY_STATS, paths.feature_stats("holdout-106"))
     write_json(
         {"run_id": run_id, "tracking_uri": tracker.tracking_uri}, model_dir / "mlflow_run.json"
     )
@@ -99,6 +115,18 @@ def test_champion_asset_promotes_the_best_gated_model_once(tmp_path: Path) -> No
     client = MlflowClient(uri)
     version = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
     assert version.tags["variant"] == "temporal_cnn"
+    # Only the promoted run got a serving program (training exports none).
+    for model in ("feature_gbm", "temporal_cnn", "lstm", "early_fusion"):
+        run_id = json.loads(
+            (
+                paths.model_dir("holdout-106", model, PROTOCOL["id"], 0) / "mlflow_run.json"
+            ).read_text()
+        )["run_id"]
+        published = [a.path for a in client.list_artifacts(run_id, "serving")]
+        assert published == (["serving/model.pt2"] if model == "temporal_cnn" else [])
+    served = load_registered_model(uri)
+    probs = served.predict(np.random.default_rng(0).normal(size=(3, 32, len(MODEL_CHANNELS))))
+    assert probs.shape == (3, 12) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
     second = _materialize(paths.root, uri)  # nothing better: the champion stays
     assert not second["promoted"] and "does not beat the current champion" in second["decision"]

@@ -10,12 +10,11 @@ import dagster as dg
 import mlflow
 import polars as pl
 import pytest
-from mlflow.tracking import MlflowClient
 
-from ml_core.lifecycle.timeline import CHAMPION_ALIAS, CHAMPION_MODEL_NAME
+from ml_core.lifecycle.champion import LeaderboardRow, Selection, promote_champion
 from ml_core.lifecycle.tracking import MlflowTracker
 from ml_core.paths import DataPaths
-from ml_core.pipeline import train_fold_model
+from ml_core.pipeline import publish_serving_model, train_fold_model
 from ml_core.training.config import TrainConfig
 from orchestration.definitions import defs as load_defs
 from orchestration.defs.ingest import DATA_VERSION_TAG
@@ -39,11 +38,24 @@ def served(
         paths, "holdout-106", "temporal_cnn", config, tracker=MlflowTracker(uri)
     )
     mlflow.set_tracking_uri(uri)
-    model_uri = f"runs:/{summary['mlflow_run_id']}/model"
-    version = mlflow.register_model(model_uri, CHAMPION_MODEL_NAME)
-    MlflowClient(uri).set_registered_model_alias(
-        CHAMPION_MODEL_NAME, CHAMPION_ALIAS, version.version
+    tracker = MlflowTracker(uri)
+    row = LeaderboardRow(
+        variant="temporal_cnn",
+        protocol_id=summary["protocol"]["id"],
+        class_set=summary["protocol"]["class_set"],
+        folds=("holdout-106",),
+        complete=True,
+        pooled_loso_macro_f1=0.5,
+        ece=0.0,
+        run_id=summary["mlflow_run_id"],
+        trained_on="holdout-106",
+        source_dir=str(Path(summary["best_path"]).parent),
+        model="temporal_cnn",
     )
+    promotion = promote_champion(
+        tracker.client, Selection(row, None), lambda r: publish_serving_model(paths, tracker, r)
+    )
+    assert promotion.promoted
     with pytest.MonkeyPatch.context() as env:
         env.setenv("PAMAP_DATA_ROOT", str(root))
         env.setenv("MLFLOW_TRACKING_URI", uri)
