@@ -98,12 +98,11 @@ def test_credentials_in_the_tracking_uri_are_never_shown_or_stored(tmp_path: Pat
     assert safe_uri(uri) == "https://mlflow.internal:5000/prefix"
     assert safe_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
     assert safe_uri("sqlite:////data/mlflow.db") == "sqlite:////data/mlflow.db"
-    tracker = MlflowTracker(uri)
-    tracker.experiment_id = lambda: "7"  # type: ignore[method-assign]  (no server here)
-    url = tracker.run_url("abc")
-    assert url.startswith("https://mlflow.internal:5000/prefix/#/experiments/7/runs/abc")
-    assert "s3cret" not in url and "alice" not in url
     with pytest.MonkeyPatch.context() as env:
+        env.setattr(MlflowTracker, "experiment_id", lambda self: "7")  # no server here
+        url = MlflowTracker(uri).run_url("abc")
         env.setenv("MLFLOW_TRACKING_URI", uri)
         shown = where_to_look(DataPaths(tmp_path), str(tmp_path))
+    assert url.startswith("https://mlflow.internal:5000/prefix/#/experiments/7/runs/abc")
+    assert "s3cret" not in url and "alice" not in url
     assert "mlflow.internal" in shown and "s3cret" not in shown
