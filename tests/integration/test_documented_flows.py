@@ -30,7 +30,7 @@ from ml_core.lifecycle.champion import (
 )
 from ml_core.lifecycle.tracking import MlflowTracker
 from ml_core.paths import DataPaths
-from ml_core.pipeline import champion_candidates
+from ml_core.pipeline import champion_candidates, publish_serving_model
 from orchestration.defs.resources import DataRoot
 from orchestration.defs.timeline import inbox_partitions, inbox_sensor
 from tests.integration.conftest import execute
@@ -143,7 +143,11 @@ def test_champion_flow_train_promote_serve_roll_back(
     better = replace(
         selection.champion, pooled_loso_macro_f1=selection.champion.pooled_loso_macro_f1 + 0.01
     )
-    second = promote_champion(client, replace(selection, champion=better))
+    second = promote_champion(
+        client,
+        replace(selection, champion=better),
+        lambda row: publish_serving_model(paths, tracker, row),
+    )
     assert second.promoted
     assert client.get_model_version_by_alias(REGISTERED_MODEL, PREVIOUS).version == first.version
 
