@@ -112,7 +112,7 @@ CODE_VERSIONS: dict[str, str] = {
     "leaderboard": "6",
     "activity_timeline": "5",
     "inbox_timeline": "5",
-    "champion_model": "5",
+    "champion_model": "6",
 }
 
 

@@ -1,4 +1,5 @@
-"""Champion selection: the best complete variant that beats the baseline within the ECE bound."""
+"""Champion selection: the best complete variant within the ECE bound, whatever its kind; any
+variant but the baseline must beat the baseline."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def test_the_margin_and_ties():
     rows = [_row("feature_gbm", 0.80), _row("a", 0.82, ece=0.06), _row("b", 0.82, ece=0.04)]
     assert select_champion(rows, GATES).champion.variant == "b"  # same F1: lower ECE
     strict = replace(GATES, min_margin=0.05)
-    assert select_champion(rows, strict).champion is None
+    assert select_champion(rows, strict).champion.variant == "feature_gbm"  # nothing beats it
 
 
 def test_no_champion_without_a_complete_baseline():
@@ -63,8 +64,16 @@ def test_no_champion_without_a_complete_baseline():
     assert "baseline feature_gbm has no complete entry" in selection.rejected["lstm"]
 
 
-def test_nothing_past_the_gates_means_no_champion():
+def test_the_baseline_is_the_champion_when_it_is_the_best():
     rows = [_row("feature_gbm", 0.80), _row("lstm", 0.70), _row("tcn", 0.9, run_id=None)]
     selection = select_champion(rows, GATES)
-    assert selection.champion is None
+    assert selection.champion is selection.baseline and selection.baseline.variant == "feature_gbm"
     assert selection.rejected["tcn"] == "no training run with a checkpoint to register"
+    assert "does not beat the baseline's 0.8000" in selection.rejected["lstm"]
+
+
+def test_nothing_past_the_gates_means_no_champion():
+    rows = [_row("feature_gbm", 0.80, ece=0.3), _row("lstm", 0.70)]
+    selection = select_champion(rows, GATES)
+    assert selection.champion is None
+    assert "ECE 0.3000 above the bound" in selection.rejected["feature_gbm"]

@@ -1,8 +1,9 @@
 """The champion: the best complete variant past the gates, kept in the MLflow Model Registry.
 
 `select_champion` is a pure function over leaderboard rows: among complete variants evaluated
-like the classical baseline (same LOSO folds, same class set), the one with the best pooled
-LOSO macro F1 that beats the baseline's and stays within the ECE bound. `promote_champion`
+like the classical baseline (same LOSO folds, same class set) and within the ECE bound, the one
+with the best pooled LOSO macro F1, whatever its kind: the baseline itself when nothing beats it
+by more than the margin. `promote_champion`
 registers it under one registered-model name with the alias `champion`, only when it beats the
 current champion; the version it replaces gets the alias `previous_champion`, so
 `rollback_champion` is one alias move (and can itself be undone the same way).
@@ -59,7 +60,9 @@ class LeaderboardRow:
 
 @dataclass(frozen=True)
 class ChampionGates:
-    """A champion must beat `baseline` by more than `min_margin` and have ECE <= `max_ece`."""
+    """A champion has ECE <= `max_ece`; a variant other than `baseline` must also beat the
+    baseline's pooled LOSO macro F1 by more than `min_margin` (so the baseline is the champion
+    when nothing does)."""
 
     baseline: str = "feature_gbm"
     max_ece: float = 0.15
@@ -76,7 +79,8 @@ class Selection:
 
 
 def select_champion(rows: list[LeaderboardRow], gates: ChampionGates) -> Selection:
-    """Pick the best complete variant past the gates; ties go to the lower ECE, then the name."""
+    """Pick the best complete variant past the gates, the baseline included; ties go to the
+    lower ECE, then the name."""
     baselines = [r for r in rows if r.variant == gates.baseline and r.complete]
     rejected: dict[str, str] = {}
     if len(baselines) != 1:
@@ -88,9 +92,7 @@ def select_champion(rows: list[LeaderboardRow], gates: ChampionGates) -> Selecti
     bar = baseline.pooled_loso_macro_f1 + gates.min_margin
     eligible = []
     for row in rows:
-        if row is baseline:
-            rejected[row.variant] = "the baseline itself"
-        elif not row.complete:
+        if not row.complete:
             rejected[row.variant] = "incomplete: not every fold was evaluated"
         elif set(row.folds) != set(baseline.folds):
             rejected[row.variant] = f"evaluated on other folds than {baseline.variant}"
@@ -98,7 +100,7 @@ def select_champion(rows: list[LeaderboardRow], gates: ChampionGates) -> Selecti
             rejected[row.variant] = (
                 f"class set {row.class_set} differs from the baseline's {baseline.class_set}"
             )
-        elif row.pooled_loso_macro_f1 <= bar:
+        elif row is not baseline and row.pooled_loso_macro_f1 <= bar:
             rejected[row.variant] = (
                 f"pooled LOSO macro F1 {row.pooled_loso_macro_f1:.4f} does not beat the "
                 f"baseline's {baseline.pooled_loso_macro_f1:.4f} (+ margin {gates.min_margin})"
