@@ -155,8 +155,8 @@ def test_champion_flow_train_promote_serve_roll_back(
     exec(rollback.argv[2], {})  # `uv run python -c "…"`, from the project folder
     assert client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION).version == first.version
     assert (
-        client.get_model_version_by_alias(REGISTERED_MODEL, PREVIOUS).version
-        == second.champion_version
+        str(client.get_model_version_by_alias(REGISTERED_MODEL, PREVIOUS).version)
+        == second.champion_version  # versions as strings, whatever the store returns
     )
 
 
