@@ -131,6 +131,23 @@ def wait_for_port(port: int, proc: subprocess.Popen, log_path: Path, timeout: fl
     pytest.fail(f"port {port} did not open within {timeout:.0f}s:\n{log_tail(log_path)}")
 
 
+def wait_for_log_line(
+    text: str, proc: subprocess.Popen, log_path: Path, timeout: float = 300
+) -> None:
+    """Wait until `proc`'s log holds `text` (e.g. a server's ready line); fail if it died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log_path.exists() and text in log_path.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            pytest.fail(
+                f"{proc.args[0]} exited with code {proc.returncode} before logging {text!r}:\n"
+                f"{log_tail(log_path)}"
+            )
+        time.sleep(0.5)
+    pytest.fail(f"{text!r} not logged within {timeout:.0f}s:\n{log_tail(log_path)}")
+
+
 @functools.cache
 def _definitions() -> dg.Definitions:
     return load_defs()

@@ -35,6 +35,7 @@ from tests.e2e.conftest import (
     redis_server_program,
     running_process,
     venv_program,
+    wait_for_log_line,
     wait_for_port,
 )
 
@@ -182,14 +183,16 @@ def test_backfill_runs_on_two_celery_workers_within_the_training_pool(
                 [venv_program("dagster-daemon"), "run", "-w", str(workspace)], logs / "daemon.log"
             )
         )
+        workers = {}
         for name in WORKERS:
-            stack.enter_context(
+            workers[name] = stack.enter_context(
                 running_process(
                     [
                         venv_program("dagster-celery"),
                         *("worker", "start", "-A", "dagster_celery.app", "-y", str(celery_yaml)),
                         *("-q", "dagster", "-n", name, "-i", "tests.e2e.celery_faults"),
-                        *("--", "--concurrency=1", "--without-gossip", "--without-mingle"),
+                        *("--", "--concurrency=1", "--prefetch-multiplier=1"),
+                        *("--without-gossip", "--without-mingle"),
                     ],
                     logs / f"{name}.log",
                 )
@@ -203,6 +206,10 @@ def test_backfill_runs_on_two_celery_workers_within_the_training_pool(
 
         wait_for_port(port, code_server, logs / "code_server.log")
         mlflow_server.wait_until_ready()
+        # Both workers consume the queue before the first step is sent: a worker still
+        # importing torch on a loaded machine would otherwise leave every step to the other.
+        for name, worker in workers.items():
+            wait_for_log_line(" ready.", worker, logs / f"{name}.log")
         partitions = [f"{fold}|{model}" for fold in FOLDS for model in MODELS]
         register_variants(instance, MODELS)
         backfill = subprocess.run(

@@ -273,11 +273,17 @@ def test_failed_training_retries_and_resumes_from_last_checkpoint(
     fold, model = "holdout-106", "early_fusion"
     settings = {"epochs": 2, "warmup_steps": 5, "seed": 3}
 
-    # A straight run, for reference.
+    # A straight run, for reference, on the thread count the asset gives a training (one
+    # slot on an ephemeral instance): float sums, and so the weights, depend on it.
     straight_dir = paths.root / "straight"
-    pipeline.train_model(
-        model, paths, fold, make_train_config(settings), straight_dir, resume=False
-    )
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(pipeline.threads_per_slot(1))
+    try:
+        pipeline.train_model(
+            model, paths, fold, make_train_config(settings), straight_dir, resume=False
+        )
+    finally:
+        torch.set_num_threads(threads_before)
     expected = load_torch(straight_dir / "last.pt")["model_state"]
 
     # The first attempt dies after 7 steps (a transient failure), leaving last.pt behind.
