@@ -160,6 +160,47 @@ def fit_temperature(
     return TemperatureFit(chosen, True, before, after, fitted, note)
 
 
+def training_prior(counts: np.ndarray) -> np.ndarray:
+    """Add-one smoothed class frequencies (n_c + 1) / (N + K) of a fold's training windows."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 1 or counts.size == 0 or (counts < 0).any():
+        raise ValueError(f"class counts must be a non-empty 1-d array of counts, got {counts}")
+    return (counts + 1.0) / (counts.sum() + counts.size)
+
+
+def prior_corrected(logits: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """Logits of a model trained for balanced classes, moved to the training prior.
+
+    A loss weighted by 1 / n_c (or balanced sampling) fits p(y | x) under a uniform prior;
+    Bayes' rule gives the training prior back by adding log π_c to every row.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    prior = np.asarray(prior, dtype=np.float64)
+    if prior.shape != (logits.shape[1],):
+        raise ValueError(f"prior of shape {prior.shape} for {logits.shape[1]} classes")
+    return logits + np.log(prior)
+
+
+def fit_pooled_temperature(logits: np.ndarray, y: np.ndarray, iterations: int = 80) -> float:
+    """The T in [T_MIN, T_MAX] minimising NLL on all of `logits` at once."""
+    logits, y = _check_scores(logits, y, "logits")
+    return _search_temperature(logits, y, iterations)
+
+
+def classwise_ece(probs: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:
+    """Classwise ECE: for every class, |observed frequency - mean probability| over equal-width
+    bins of that class's probability, count-weighted; averaged over all classes."""
+    probs, y = _check_scores(probs, y, "probabilities")
+    idx = np.minimum((probs * n_bins).astype(np.int64), n_bins - 1)  # [N, K]
+    onehot = np.zeros_like(probs)
+    onehot[np.arange(len(y)), y] = 1.0
+    k = probs.shape[1]
+    flat = (idx + n_bins * np.arange(k)).ravel()  # one bin index per (window, class)
+    p_sum = np.bincount(flat, weights=probs.ravel(), minlength=k * n_bins)
+    hit_sum = np.bincount(flat, weights=onehot.ravel(), minlength=k * n_bins)
+    return float(np.abs(hit_sum - p_sum).sum() / (len(y) * k))
+
+
 def _describe(fitted: dict[str, float]) -> str:
     return ", ".join(f"T = {t:.3f} on {name}" for name, t in fitted.items())
 
