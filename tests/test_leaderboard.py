@@ -17,6 +17,7 @@ from ml_core.evaluation.leaderboard import (
     MISSING,
     Result,
     build_leaderboard,
+    holm_adjusted,
     leaderboard_markdown,
     pooled_loso,
     sweep_summary,
@@ -146,6 +147,28 @@ def test_complete_entries_rank_by_pooled_loso_with_paired_wilcoxon() -> None:
     assert fair["vs_best"]["p_value"] == pytest.approx(wilcoxon(diffs).pvalue)
     assert fair["vs_best"]["mean_difference"] == pytest.approx(np.mean(diffs))
     assert good["vs_best"]["note"] == "the best entry"
+
+
+def test_holm_adjustment_matches_its_definition() -> None:
+    # Sorted 0.01, 0.03, 0.04 with m = 3: 3 x 0.01, 2 x 0.03, max(0.06, 1 x 0.04).
+    assert holm_adjusted([0.03, 0.01, 0.04]) == pytest.approx([0.06, 0.03, 0.06])
+    assert holm_adjusted([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm_adjusted([]) == []
+
+
+def test_comparisons_with_the_best_are_holm_adjusted_as_one_family() -> None:
+    rng = np.random.default_rng(6)
+    results = [result("good", f, 0.9, rng) for f in ALL_FOLDS]
+    results += [result(name, f, 0.5, rng) for name in ("fair", "poor") for f in ALL_FOLDS]
+    board = build_leaderboard(results)
+    rows = {e["model"]: e["vs_best"] for e in section(board)["rows"]}
+    raw = [rows["fair"]["p_value"], rows["poor"]["p_value"]]
+    assert [rows["fair"]["p_holm"], rows["poor"]["p_holm"]] == pytest.approx(holm_adjusted(raw))
+    assert rows["fair"]["holm_family"] == 2 and "p_holm" not in rows["good"]
+    assert all(rows[m]["p_holm"] >= rows[m]["p_value"] for m in ("fair", "poor"))
+    text = leaderboard_markdown(board, "t")
+    row = next(line for line in text.splitlines() if "| fair |" in line)
+    assert f"Holm {rows['fair']['p_holm']:.3f}" in row
 
 
 def test_seeds_are_replicates_and_show_their_spread() -> None:

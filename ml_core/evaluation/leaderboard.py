@@ -16,7 +16,7 @@ mixed), each variant is one entry (showing its model) and gets:
 - completeness: an entry missing any fold that another entry of its protocol has is shown as
   incomplete, unranked, below every complete entry;
 - a paired comparison with the best complete entry over their shared LOSO folds (Wilcoxon
-  signed-rank, two-sided, loso-109 left out as in the mean);
+  signed-rank, two-sided, loso-109 left out as in the mean), Holm-adjusted over the table;
 - the spread over seeds when a variant was trained with several.
 
 The sweep summary (`sweep_summary`) names, per model and class set, its best variant by pooled
@@ -233,6 +233,18 @@ def _paired(entry: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def holm_adjusted(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of m p-values (family-wise error rate), in input order:
+    the i-th smallest becomes max over j <= i of min(1, (m - j + 1) p_(j))."""
+    m = len(p_values)
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, index in enumerate(sorted(range(m), key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (m - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
 def build_protocol_board(protocol: EvaluationProtocol, results: list[Result]) -> dict[str, Any]:
     """One protocol's table: complete entries ranked, incomplete ones after them, unranked."""
     if any(r.protocol != protocol for r in results):
@@ -266,6 +278,12 @@ def build_protocol_board(protocol: EvaluationProtocol, results: list[Result]) ->
     best = complete[0] if complete else None
     for e in rows:
         e["vs_best"] = _paired(e, best) if best is not None else None
+    # Every comparison against the best is one test of a family, and the best was itself
+    # picked on these folds: Holm's correction keeps the family-wise error rate at 5 %.
+    tested = [e["vs_best"] for e in rows if e["vs_best"] and e["vs_best"]["p_value"] is not None]
+    for vs, adjusted in zip(tested, holm_adjusted([v["p_value"] for v in tested]), strict=True):
+        vs["p_holm"] = adjusted
+        vs["holm_family"] = len(tested)
     return {
         "protocol": protocol.to_dict(),
         "reference_folds": reference,
@@ -344,7 +362,9 @@ NOTES = [
     "patience, augmentation); training settings are the variant's, not the protocol's, so "
     "variants that train differently share a table.",
     "vs best: mean per-fold macro F1 difference from the rank-1 entry over shared LOSO folds "
-    "(109 apart) and the Wilcoxon signed-rank p-value, with n folds.",
+    "(109 apart), the Wilcoxon signed-rank p-value, and that p-value Holm-adjusted over every "
+    "comparison with the best in the table (the best was picked on the same folds), with n "
+    "folds.",
     "An entry is a variant (a registered model with overrides, named in experiments.yaml; a "
     "built-in variant is named after its model). Sweep summary: per model and class set, the "
     "best complete variant by pooled LOSO macro F1 over every protocol, under its own protocol.",
@@ -371,10 +391,10 @@ def _cells(e: dict[str, Any], reference: list[str]) -> list[str]:
         vs_cell = "best" if vs else MISSING
     else:
         delta = vs.get("mean_difference")
-        p = vs["p_value"]
+        p, holm = vs["p_value"], vs.get("p_holm")  # boards saved before Holm lack it
         vs_cell = (
             f"{_f(delta, 3) if delta is None else f'{delta:+.3f}'}, "
-            f"p={_f(p, 3)} (n={vs['n_folds']})"
+            f"p={_f(p, 3)}{'' if holm is None else f', Holm {holm:.3f}'} (n={vs['n_folds']})"
         )
     by_seed = pooled["macro_f1_by_seed"] if pooled else {}
     spread = (
@@ -412,7 +432,7 @@ HEADER = [
     "training",
     "pooled LOSO macro F1 [95% CI]",
     "LOSO macro F1 mean ± std (n)",
-    "vs best: Δ, Wilcoxon p (n)",
+    "vs best: Δ, Wilcoxon p, Holm-adjusted (n)",
     "loso-109 (apart)",
     "stratified",
     "holdout-106",
