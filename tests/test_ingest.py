@@ -257,3 +257,77 @@ def test_nan_token_is_missing_data_not_an_error(tmp_path):
     frame = read_dat(_write(tmp_path / "s.dat", line + "\n"), 101, "protocol")
     assert math.isnan(frame[HEART_RATE][0])
     assert frame[HEART_RATE].null_count() == 0
+
+
+# --- chunked reading: memory follows the parsed table, not the file ---------------------------
+
+CHUNK = 4096  # ~8 records a chunk, so a few hundred lines cross many chunk boundaries
+
+
+def test_chunked_read_equals_one_chunk_across_blank_lines_and_crlf(tmp_path):
+    lines = [_row(8.38 + i / 100, activity=i % 5) for i in range(300)]
+    lines[100] += "\r"  # a CRLF line and trailing spaces in a chunk of their own
+    lines[101] += "   "
+    text = "\n".join(lines[:150]) + "\n\n\n" + "\n".join(lines[150:])  # no final newline
+    path = _write(tmp_path / "subject101.dat", text)
+    whole = read_dat(path, 101, "protocol", chunk_bytes=len(text) + 1)
+    chunked = read_dat(path, 101, "protocol", chunk_bytes=CHUNK)
+    assert chunked.height == 300
+    assert chunked.equals(whole)
+    assert chunked[TIMESTAMP].to_list() == pytest.approx([8.38 + i / 100 for i in range(300)])
+
+
+def test_late_bad_line_parses_only_its_chunk_line_by_line(tmp_path, monkeypatch):
+    # The line-by-line reader holds several times what it reads: it must see one chunk, never
+    # the whole file, and the error still names file, line and field.
+    lines = _lines(1000)
+    lines[989] = lines[989].replace(" 2.37223 ", " x7 ", 1)
+    path = _write(tmp_path / "subject105.dat", "\n".join(lines) + "\n")
+    seen: list[int] = []
+    real_read_lines = pl.read_lines
+
+    def recording_read_lines(source, **kwargs):
+        seen.append(len(source))
+        return real_read_lines(source, **kwargs)
+
+    monkeypatch.setattr(pl, "read_lines", recording_read_lines)
+    with pytest.raises(MalformedRecordingError) as caught:
+        read_dat(path, 105, "protocol", chunk_bytes=CHUNK)
+    message = str(caught.value)
+    assert str(path) in message
+    assert "1 malformed line(s)" in message
+    assert "line 990: field 5 (hand_acc16_x) token 'x7' is not a number" in message
+    assert seen and max(seen) <= CHUNK + len(lines[0]) + 1  # a chunk ends at a line end
+
+
+def test_bad_lines_in_different_chunks_are_all_counted(tmp_path):
+    lines = _lines(800)
+    for i in (3, 404, 405, 790):
+        lines[i] = lines[i].replace(" 104 ", " 1.2.3 ", 1)
+    lines[600] = lines[600].rsplit(" ", 2)[0]
+    path = _write(tmp_path / "subject102.dat", "\n".join(lines))
+    with pytest.raises(MalformedRecordingError) as caught:
+        read_dat(path, 102, "protocol", chunk_bytes=CHUNK)
+    message = str(caught.value)
+    assert "5 malformed line(s)" in message
+    for n in (4, 405, 406, 791):
+        assert f"line {n}: field 3 (heart_rate_bpm)" in message
+    assert "line 601: 52 fields" in message
+
+
+def test_binary_bytes_in_a_late_chunk_name_line_and_file_offset(tmp_path):
+    good = (OFFICIAL_ROW + "\n").encode()
+    path = tmp_path / "subject106.dat"
+    path.write_bytes(good * 100 + b"8.38 \xff\n" + good * 10)
+    with pytest.raises(MalformedRecordingError) as caught:
+        read_dat(path, 106, "protocol", chunk_bytes=CHUNK)
+    message = str(caught.value)
+    assert "not a text file" in message
+    assert "line 101: field 2 (activity_id) holds byte 0xff" in message
+    assert f"at file offset {len(good) * 100 + 5}" in message
+
+
+def test_a_line_longer_than_a_chunk_is_refused_not_buffered(tmp_path):
+    path = _write(tmp_path / "subject107.dat", OFFICIAL_ROW + "\n" + "1 " * 5000)
+    with pytest.raises(MalformedRecordingError, match=r"subject107\.dat: line 2 runs past 4096"):
+        read_dat(path, 107, "protocol", chunk_bytes=CHUNK)

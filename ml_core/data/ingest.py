@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -25,6 +28,9 @@ DAT_DTYPES: dict[str, pl.DataType] = {
 }
 TABLE_DTYPES: dict[str, pl.DataType] = {**DAT_DTYPES, SUBJECT: pl.Int16(), SESSION: pl.String()}
 MAX_REPORTED_LINES = 5
+# Bytes of whole lines parsed at a time (~65k records): large enough for the multithreaded
+# reader, small enough that the line-by-line path over one chunk stays a few hundred MB.
+CHUNK_BYTES = 32 << 20
 TRAILING_FIELD = "_trailing"
 
 
@@ -32,12 +38,19 @@ class MalformedRecordingError(ValueError):
     """A `.dat` file that is empty or holds a line that is not 54 numeric fields."""
 
 
-def read_dat(path: Path, subject: int, session: str) -> pl.DataFrame:
+def read_dat(
+    path: Path, subject: int, session: str, *, chunk_bytes: int = CHUNK_BYTES
+) -> pl.DataFrame:
     """Parse one `.dat` file into the 56-field table (TABLE_COLUMNS order and TABLE_DTYPES).
 
     Accepts LF or CRLF line ends, trailing spaces, blank lines and a missing final newline;
     `NaN` tokens become NaN. Raises FileNotFoundError for a missing file and
     MalformedRecordingError for an empty file or a line that is not 54 numbers.
+
+    The file is read `chunk_bytes` of whole lines at a time, each chunk parsed on its own, so
+    memory stays near the size of the parsed table however large the file, and a malformed
+    line costs the line-by-line parse of its chunk only. A malformed file is still read to its
+    end, to count every bad line, but keeps nothing but the first few bad lines.
     """
     path = Path(path)
     if session not in SESSIONS:
@@ -46,13 +59,30 @@ def read_dat(path: Path, subject: int, session: str) -> pl.DataFrame:
         raise FileNotFoundError(f"recording not found: {path}")
     if path.stat().st_size == 0:
         raise MalformedRecordingError(f"{path}: file is empty")
-    values = _read_fast(path)
-    if values is None:
-        values = _read_lines(path)
-    return values.with_columns(
-        pl.lit(subject, dtype=pl.Int16).alias(SUBJECT),
-        pl.lit(session, dtype=pl.String).alias(SESSION),
-    ).select(TABLE_COLUMNS)
+    frames: list[pl.DataFrame] = []
+    examples: list[dict[str, Any]] = []
+    n_bad = 0
+    for chunk in _chunks(path, chunk_bytes):
+        values, bad = _parse_chunk(path, chunk)
+        if bad.height:
+            n_bad += bad.height
+            examples.extend(bad.head(MAX_REPORTED_LINES - len(examples)).iter_rows(named=True))
+            frames.clear()  # nothing of a malformed file is returned
+        elif not n_bad and values.height:
+            frames.append(values)
+    if n_bad:
+        raise MalformedRecordingError(_describe_bad_lines(path, examples, n_bad))
+    if not frames:
+        raise MalformedRecordingError(f"{path}: file is empty (no records, only blank lines)")
+    # No rechunk: one contiguous copy of the table would double the peak.
+    return (
+        pl.concat(frames, rechunk=False)
+        .with_columns(
+            pl.lit(subject, dtype=pl.Int16).alias(SUBJECT),
+            pl.lit(session, dtype=pl.String).alias(SESSION),
+        )
+        .select(TABLE_COLUMNS)
+    )
 
 
 def read_subject(paths: DataPaths, subject: int) -> pl.DataFrame:
@@ -70,12 +100,56 @@ def read_subject(paths: DataPaths, subject: int) -> pl.DataFrame:
     return pl.concat(frames)
 
 
-def _read_fast(path: Path) -> pl.DataFrame | None:
-    """The multithreaded CSV reader; None when the file needs the line-by-line path
+@dataclass(frozen=True)
+class _Chunk:
+    """Whole lines of a file: their bytes, the number of the first line, its file offset."""
+
+    data: bytes
+    first_line: int
+    offset: int
+
+
+def _chunks(path: Path, chunk_bytes: int) -> Iterator[_Chunk]:
+    """`path` as consecutive runs of whole lines of about `chunk_bytes` each. A line longer
+    than `chunk_bytes` is no PAMAP2 record (those are ~500 bytes) and is refused rather than
+    buffered, so a file without line ends is never held whole."""
+    line_no, offset, rest = 1, 0, b""
+    with path.open("rb") as file:
+        while block := file.read(chunk_bytes):
+            data = rest + block
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                if len(data) >= chunk_bytes:
+                    chunk = _Chunk(data, line_no, offset)
+                    raise MalformedRecordingError(
+                        _describe_non_utf8(path, chunk)
+                        or f"{path}: line {line_no} runs past {chunk_bytes} bytes without a "
+                        "line end: not a PAMAP2 record"
+                    )
+                rest = data
+                continue
+            yield _Chunk(data[:cut], line_no, offset)
+            line_no += data.count(b"\n", 0, cut)
+            offset += cut
+            rest = data[cut:]
+    if rest:
+        yield _Chunk(rest, line_no, offset)
+
+
+def _parse_chunk(path: Path, chunk: _Chunk) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The chunk's records (DAT_COLUMNS) and its malformed lines (empty when none)."""
+    values = _read_fast(chunk.data)
+    if values is not None:
+        return values, _NO_BAD_LINES
+    return _read_lines(path, chunk)
+
+
+def _read_fast(data: bytes) -> pl.DataFrame | None:
+    """The multithreaded CSV reader; None when the lines need the line-by-line path
     (blank lines, runs of spaces, or a malformed line to locate)."""
     try:
         frame = pl.read_csv(
-            path,
+            data,
             separator=" ",
             has_header=False,
             # One trailing space reads as an empty 55th field; a real 55th value lands here too.
@@ -96,20 +170,22 @@ def _read_fast(path: Path) -> pl.DataFrame | None:
     return values
 
 
-def _read_lines(path: Path) -> pl.DataFrame:
+def _read_lines(path: Path, chunk: _Chunk) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split every line into tokens and cast them in one vectorised pass; this path defines
-    what a valid file is and names the file, line and field of anything malformed."""
+    what a valid file is and finds the line and field of anything malformed."""
     try:
-        lines = pl.read_lines(path, name="line", row_index_name="line_no", row_index_offset=1)
+        lines = pl.read_lines(
+            chunk.data, name="line", row_index_name="line_no", row_index_offset=chunk.first_line
+        )
     except pl.exceptions.ComputeError as exc:
         if "utf8" not in str(exc).lower():
             raise
-        raise MalformedRecordingError(_describe_non_utf8(path)) from None
+        raise MalformedRecordingError(
+            _describe_non_utf8(path, chunk) or f"{path}: not a text file (binary or not UTF-8)"
+        ) from None
     lines = lines.with_columns(pl.col("line").str.strip_chars()).filter(
         pl.col("line") != ""  # blank lines hold no record
     )
-    if lines.height == 0:
-        raise MalformedRecordingError(f"{path}: file is empty (no records, only blank lines)")
     fields = [pl.col("tokens").list.get(i, null_on_oob=True) for i in range(len(DAT_COLUMNS))]
     parsed = (
         lines.select("line_no", pl.col("line").str.split(" ").alias("tokens"))
@@ -130,34 +206,38 @@ def _read_lines(path: Path) -> pl.DataFrame:
     bad = parsed.filter(
         (pl.col("n_fields") != len(DAT_COLUMNS)) | pl.any_horizontal(bad_flags)
     ).sort("line_no")
-    if bad.height > 0:
-        raise MalformedRecordingError(_describe_bad_lines(path, bad))
-    return parsed.select(DAT_COLUMNS)
+    return parsed.select(DAT_COLUMNS), bad
 
 
-def _describe_non_utf8(path: Path) -> str:
-    """Where a file stops being text: polars' "invalid utf8" names neither file nor line."""
-    data = path.read_bytes()  # only on this error path
+_NO_BAD_LINES = pl.DataFrame()
+
+
+def _describe_non_utf8(path: Path, chunk: _Chunk) -> str | None:
+    """Where a chunk stops being text (polars' "invalid utf8" names neither file nor line);
+    None when it is text, a character cut at the chunk's end included."""
+    data = chunk.data
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
+        if exc.reason == "unexpected end of data":
+            return None
         line_start = data.rfind(b"\n", 0, exc.start) + 1
-        line_no = data.count(b"\n", 0, exc.start) + 1
+        line_no = chunk.first_line + data.count(b"\n", 0, exc.start)
         field = len(re.split(rb"\s+", data[line_start : exc.start].lstrip())) - 1
         column = DAT_COLUMNS[min(field, len(DAT_COLUMNS) - 1)]
         return (
             f"{path}: not a text file (binary or not UTF-8)\n"
             f"  line {line_no}: field {field + 1} ({column}) holds byte "
-            f"0x{data[exc.start]:02x} at file offset {exc.start}"
+            f"0x{data[exc.start]:02x} at file offset {chunk.offset + exc.start}"
         )
-    return f"{path}: not a text file (binary or not UTF-8)"
+    return None
 
 
-def _describe_bad_lines(path: Path, bad: pl.DataFrame) -> str:
+def _describe_bad_lines(path: Path, examples: list[dict[str, Any]], n_bad: int) -> str:
     """One message line per malformed line (the first few), naming line, field and token."""
     n_expected = len(DAT_COLUMNS)
     details = []
-    for row in bad.head(MAX_REPORTED_LINES).iter_rows(named=True):
+    for row in examples:
         line_no, n_fields, tokens = row["line_no"], row["n_fields"], row["tokens"]
         problems = []
         if n_fields < n_expected:
@@ -177,7 +257,7 @@ def _describe_bad_lines(path: Path, bad: pl.DataFrame) -> str:
                 problems.append(f"field {i + 1} ({column}) {what}")
                 break  # the first bad token is enough to find the line
         details.append(f"  line {line_no}: " + "; ".join(problems))
-    more = bad.height - MAX_REPORTED_LINES
+    more = n_bad - len(examples)
     if more > 0:
         details.append(f"  ... and {more} more malformed lines")
-    return f"{path}: {bad.height} malformed line(s)\n" + "\n".join(details)
+    return f"{path}: {n_bad} malformed line(s)\n" + "\n".join(details)
