@@ -47,7 +47,7 @@ def test_windows_never_cross_a_time_gap_or_session() -> None:
     # Rows before the gap: 1000 -> windows starting at 0..744 step 128 = 6; after: 6200 rows.
     before = len(range(0, 1000 - 256 + 1, 128))
     after = len(range(0, 6200 - 256 + 1, 128))
-    assert len(cut.windows) == before + after
+    assert len(cut) == before + after
     assert np.all(cut.end_s - cut.start_s < 256 * 0.01 + 1e-9)  # no window spans the pause
     assert sorted(set(cut.segment.tolist())) == [0, 1]
     two_sessions = frame.with_columns(
@@ -112,3 +112,60 @@ def test_transient_windows_are_shown_but_not_scored(method: str) -> None:
     labels = timeline.frame["true_activity_id"].to_numpy()
     assert (labels == 0).any()
     assert timeline.labelled_windows == int((labels != 0).sum())
+
+
+def _protocol_then_optional(rng: np.random.Generator) -> pl.DataFrame:
+    """A gap inside the Protocol part, then an Optional part: raw_recording's order, which is
+    not (session, time) order, so the windows come from a sorted copy."""
+    frame = recording(rng, gap_at=2500)
+    return frame.with_columns(
+        pl.when(pl.int_range(pl.len()) < 5000)
+        .then(pl.lit("protocol"))
+        .otherwise(pl.lit("optional"))
+        .alias(SESSION)
+    )
+
+
+def test_windows_hold_the_recordings_rows_and_majority_labels() -> None:
+    frame = _protocol_then_optional(np.random.default_rng(4))
+    cut = cut_windows(frame, window=256, stride=96)
+    values = cut.values(0, len(cut))
+    assert values.shape == (len(cut), 256, len(MODEL_CHANNELS))
+    assert values.dtype == np.float32
+    for i in range(len(cut)):  # each window found again by its session and start time
+        rows = frame.filter(
+            (pl.col(SESSION) == cut.session[i]) & (pl.col(TIMESTAMP) >= cut.start_s[i])
+        ).head(256)
+        assert rows[TIMESTAMP][-1] == cut.end_s[i]
+        np.testing.assert_array_equal(values[i], rows.select(MODEL_CHANNELS).to_numpy())
+        counts = rows[ACTIVITY].value_counts().sort(["count", ACTIVITY], descending=[True, False])
+        assert cut.label[i] == counts[ACTIVITY][0]
+    assert set(cut.session.tolist()) == {"protocol", "optional"}
+
+
+def test_batched_timeline_equals_one_batch_and_never_exceeds_the_batch_size() -> None:
+    frame = _protocol_then_optional(np.random.default_rng(5))
+    batches: list[int] = []
+
+    def counting_predictor(windows: np.ndarray) -> np.ndarray:
+        batches.append(len(windows))
+        return predictor(windows)
+
+    whole = build_timeline(frame, counting_predictor, CLASSES, 256, 64, batch_size=10**6)
+    n = len(whole.frame)
+    assert batches == [n] and n > 100
+    for batch_size in (1, 7, 64):
+        batches.clear()
+        batched = build_timeline(frame, counting_predictor, CLASSES, 256, 64, batch_size=batch_size)
+        assert max(batches) == batch_size and sum(batches) == n
+        assert batched.frame.equals(whole.frame)
+        assert batched.macro_f1_smoothed == whole.macro_f1_smoothed
+
+
+def test_a_recording_already_in_time_order_gives_the_same_timeline() -> None:
+    frame = _protocol_then_optional(np.random.default_rng(6))
+    ordered = frame.sort([SESSION, TIMESTAMP])
+    a = build_timeline(frame, predictor, CLASSES, 256, 128, method="median")
+    b = build_timeline(ordered, predictor, CLASSES, 256, 128, method="median")
+    assert a.frame.equals(b.frame)
+    assert a.frame["session"].to_list()[0] == "optional"  # sessions in name order

@@ -47,30 +47,65 @@ Smoothing = Literal["hmm", "median", "none"]
 MAX_STEP_S = 0.05
 
 
+# Windows whose labels are found at a time: [LABEL_BATCH, window] int64 plus a sort of it.
+LABEL_BATCH = 1024
+
+
 @dataclass(frozen=True)
 class RecordingWindows:
-    """Raw windows [N, T, C] in MODEL_CHANNELS order, where they start and end, their labels."""
+    """Sliding windows over a recording: where each starts and ends, its segment, session and
+    label. Their raw values are gathered a batch at a time (`values`): all of a recording's
+    overlapping windows at once would hold window/stride times the recording."""
 
-    windows: np.ndarray
+    rows: pl.DataFrame  # the recording's MODEL_CHANNELS, in time order
+    window: int
+    first_row: np.ndarray  # the row of `rows` each window starts at
     start_s: np.ndarray
     end_s: np.ndarray
     segment: np.ndarray  # contiguous-segment id of each window
     session: np.ndarray
     label: np.ndarray  # majority activity id of the window's rows
 
+    def __len__(self) -> int:
+        return len(self.first_row)
+
+    def values(self, begin: int, end: int) -> np.ndarray:
+        """Raw windows `begin:end` as [B, window, C] float32 in MODEL_CHANNELS order."""
+        first = self.first_row[begin:end]
+        rows = (first[:, None] + np.arange(self.window)[None, :]).ravel()
+        gathered = self.rows[rows].to_numpy(order="c").astype(np.float32, copy=False)
+        return gathered.reshape(len(first), self.window, len(MODEL_CHANNELS))
+
+
+def _in_time_order(frame: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
+    """`frame` sorted by session then time (copied only when it is not in that order), and
+    where a row starts a new session."""
+    if SESSION not in frame.columns:
+        return frame, np.zeros(max(frame.height - 1, 0), dtype=bool)
+
+    def session_changes(f: pl.DataFrame) -> np.ndarray:
+        session = f[SESSION]
+        return (session.slice(1) != session.slice(0, max(f.height - 1, 0))).to_numpy()
+
+    changes = session_changes(frame)
+    in_order = frame[SESSION].is_sorted() and bool(
+        np.all((np.diff(frame[TIMESTAMP].to_numpy()) >= 0) | changes)
+    )
+    if in_order:
+        return frame, changes
+    # Only the columns a timeline reads are copied.
+    frame = frame.select(TIMESTAMP, SESSION, ACTIVITY, *MODEL_CHANNELS).sort(
+        [SESSION, TIMESTAMP], maintain_order=True
+    )
+    return frame, session_changes(frame)
+
 
 def cut_windows(frame: pl.DataFrame, window: int, stride: int) -> RecordingWindows:
     """Sliding windows of `window` raw rows every `stride` rows, never across a time gap or a
-    session boundary (vectorised: one gather for all windows)."""
-    frame = frame.sort([SESSION, TIMESTAMP]) if SESSION in frame.columns else frame
+    session boundary (vectorised; labels found in batches of LABEL_BATCH windows)."""
+    frame, new_session = _in_time_order(frame)
     t = frame[TIMESTAMP].to_numpy()
-    session = frame[SESSION].to_numpy() if SESSION in frame.columns else np.full(len(t), "inbox")
-    breaks = (
-        np.flatnonzero(
-            (np.diff(t) > MAX_STEP_S) | (np.diff(t) <= 0) | (session[1:] != session[:-1])
-        )
-        + 1
-    )
+    breaks = np.flatnonzero((np.diff(t) > MAX_STEP_S) | (np.diff(t) <= 0) | new_session) + 1
     bounds = np.concatenate([[0], breaks, [len(t)]])
     starts, segments = [], []
     for seg, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
@@ -80,19 +115,26 @@ def cut_windows(frame: pl.DataFrame, window: int, stride: int) -> RecordingWindo
             segments.append(np.full(len(first), seg))
     start = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
     segment = np.concatenate(segments) if segments else np.zeros(0, dtype=np.int64)
-    rows = start[:, None] + np.arange(window)[None, :]
-    values = frame.select(MODEL_CHANNELS).to_numpy().astype(np.float32)
-    labels = frame[ACTIVITY].to_numpy().astype(np.int64)
-    window_labels = labels[rows] if len(start) else np.zeros((0, window), dtype=np.int64)
+    labels = frame[ACTIVITY].to_numpy()
+    offsets = np.arange(window)[None, :]
+    window_label = [
+        _row_mode(labels[start[i : i + LABEL_BATCH, None] + offsets].astype(np.int64))
+        for i in range(0, len(start), LABEL_BATCH)
+    ]
+    session = (
+        frame[SESSION].gather(start).to_numpy()
+        if SESSION in frame.columns
+        else np.full(len(start), "inbox")
+    )
     return RecordingWindows(
-        windows=values[rows]
-        if len(start)
-        else np.zeros((0, window, len(MODEL_CHANNELS)), np.float32),
+        rows=frame.select(MODEL_CHANNELS),
+        window=window,
+        first_row=start,
         start_s=t[start],
         end_s=t[start + window - 1] if len(start) else np.zeros(0),
         segment=segment,
-        session=session[start],
-        label=_row_mode(window_labels),
+        session=session,
+        label=np.concatenate(window_label) if window_label else np.zeros(0, dtype=np.int64),
     )
 
 
@@ -177,16 +219,15 @@ def build_timeline(
     batch_size: int = 512,
 ) -> Timeline:
     """Predict every window of `recording` with `predict` (raw windows -> probabilities over
-    `class_ids`), smooth, and score both against the labels the recording has."""
+    `class_ids`), `batch_size` windows at a time, smooth, and score both against the labels
+    the recording has. Memory beyond the recording is a batch of windows and the
+    probabilities, however long the recording."""
     cut = cut_windows(recording, window, stride)
     probs = (
         np.concatenate(
-            [
-                predict(cut.windows[i : i + batch_size])
-                for i in range(0, len(cut.windows), batch_size)
-            ]
+            [predict(cut.values(i, i + batch_size)) for i in range(0, len(cut), batch_size)]
         )
-        if len(cut.windows)
+        if len(cut)
         else np.zeros((0, len(class_ids)))
     )
     ids = np.asarray(class_ids, dtype=np.int64)
