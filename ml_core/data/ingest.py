@@ -28,9 +28,9 @@ DAT_DTYPES: dict[str, pl.DataType] = {
 }
 TABLE_DTYPES: dict[str, pl.DataType] = {**DAT_DTYPES, SUBJECT: pl.Int16(), SESSION: pl.String()}
 MAX_REPORTED_LINES = 5
-# Bytes of whole lines parsed at a time (~65k records): large enough for the multithreaded
-# reader, small enough that the line-by-line path over one chunk stays a few hundred MB.
-CHUNK_BYTES = 32 << 20
+# Bytes of whole lines parsed at a time (~16k records): large enough for the multithreaded
+# reader, small enough that a chunk and the line-by-line path over it stay near 100 MB.
+CHUNK_BYTES = 8 << 20
 TRAILING_FIELD = "_trailing"
 
 
@@ -47,7 +47,7 @@ def read_dat(
     `NaN` tokens become NaN. Raises FileNotFoundError for a missing file and
     MalformedRecordingError for an empty file or a line that is not 54 numbers.
 
-    The file is read `chunk_bytes` of whole lines at a time, each chunk parsed on its own, so
+    The file is read about `chunk_bytes` of whole lines at a time, each chunk parsed on its own, so
     memory stays near the size of the parsed table however large the file, and a malformed
     line costs the line-by-line parse of its chunk only. A malformed file is still read to its
     end, to count every bad line, but keeps nothing but the first few bad lines.
