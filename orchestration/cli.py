@@ -62,7 +62,6 @@ def _demo(args: argparse.Namespace) -> int:
                 folds=args.folds,
                 scale=args.scale,
                 force=args.force,
-                class_set=args.class_set,
                 progress=progress,
             ),
             on_stop=lambda signum: demo.cancel_runs(os.getpid()),
@@ -109,15 +108,24 @@ def _variants(args: argparse.Namespace) -> int:
     if args.register:
         import dagster as dg
 
-        from orchestration.defs.partitions import register_variants
+        from orchestration.defs.variants import record_variants
 
         _use_project_instance()
         with dg.DagsterInstance.get() as instance:
-            new = register_variants(instance, [v.name for v in variants])
+            new, changed = record_variants(instance, variants)
             home = instance.root_directory
         print(
             f"registered {len(new)} new variant partition(s) in the Dagster instance at {home}"
             + (f": {', '.join(new)}" if new else " (all were registered)")
+        )
+        edited = sorted(set(changed) - set(new))
+        print(
+            f"recorded the settings of {len(changed)} variant(s)"
+            + (
+                f"; changed since last recorded (their models are stale): {', '.join(edited)}"
+                if edited
+                else ""
+            )
         )
     return 0
 
@@ -164,12 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--scale", choices=["tiny", "demo", "full"], default="demo")
     demo.add_argument("--force", action="store_true", help="redo every step")
-    demo.add_argument(
-        "--class-set",
-        choices=["protocol12", "protocol11", "all18"],
-        default=None,
-        help="classes to train and evaluate on (default protocol12)",
-    )
     demo.set_defaults(func=_demo)
 
     ui = sub.add_parser(
@@ -194,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--register",
         action="store_true",
         help="also add them as `variant` partitions of fold x model to the project's Dagster "
-        "instance (DAGSTER_HOME, default the project folder); an invalid file adds nothing",
+        "instance (DAGSTER_HOME, default the project folder) and record their settings (a "
+        "changed variant's models turn stale); an invalid file adds nothing",
     )
     variants.set_defaults(func=_variants)
     return parser

@@ -20,7 +20,7 @@ import signal
 import time
 import warnings
 from collections.abc import Sequence, Sized
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
@@ -255,14 +255,14 @@ def run_demo(
     folds: Sequence[str] | None = None,
     scale: str = "demo",
     force: bool = False,
-    class_set: str | None = None,
     progress: Progress | None = None,
 ) -> Summary:
     """Materialize what is missing or stale, printing a line per run; `progress` records what
     finished. Raises `Interrupted` when the command is stopped (see `run_stoppable`)."""
     from ml_core.data.synthetic import write_dataset
+    from ml_core.training.variants import builtin_variants
     from orchestration.definitions import defs as load_defs
-    from orchestration.defs.partitions import register_variants
+    from orchestration.defs.variants import record_variants
 
     began = time.perf_counter()
     import mlflow  # noqa: F401  (imported first: it configures its loggers on import)
@@ -277,20 +277,10 @@ def run_demo(
     models = list(models or DEFAULT_DEMO_MODELS)
     if models == ["all"]:
         models = model_names()
-    train_config = TrainConfig()
-    if class_set is not None:
-        train_config = replace(
-            train_config, window=replace(train_config.window, class_set=class_set)
-        )
+    train_config = TrainConfig()  # the built-in variants' protocol
     protocol = EvaluationProtocol.of(train_config)
-    training_run_config = QUIET_CONSOLE | {
-        "ops": {"trained_model": {"config": {"class_set": train_config.window.class_set}}}
-    }
+    training_run_config = QUIET_CONSOLE | {"ops": {"trained_model": {"config": {}}}}
     folds = list(folds or FOLD_NAMES)
-    if 24 not in train_config.window.class_ids and "loso-109" in folds:
-        # 109's Protocol data is rope jumping only: nothing of this class set to test on.
-        folds.remove("loso-109")
-        print(f"loso-109 skipped: class set {train_config.window.class_set} has no rope jumping")
     synth_s = 0.0
     if not any(paths.dat_file("protocol", s).exists() for s in SUBJECTS):
         print(f"no PAMAP2 files in {paths.dataset}: writing the {scale}-scale synthetic set")
@@ -303,7 +293,7 @@ def run_demo(
     for run_id in release_abandoned_runs(instance):
         print(f"run {run_id} of a demo that was killed: marked failed, its pool slots freed")
     # The built-in variants (one per registered model) are the model partitions it trains.
-    register_variants(instance, model_names())
+    record_variants(instance, builtin_variants())
     timing = Timing()
     progress = progress if progress is not None else Progress()
     ingest = definitions.resolve_job_def("ingest_job")

@@ -37,9 +37,7 @@ def test_a_models_own_training_defaults_are_its_builtin_variants_under_the_same_
     dcl = variants["deep_conv_lstm"]
     assert get_spec("deep_conv_lstm").train_defaults == {"epochs": 12}
     assert dcl.settings() == {"epochs": 12} and dcl.train_config().epochs == 12
-    settings, replaced = dcl.apply({"epochs": 6, "lr": 0.002})
-    assert settings["epochs"] == 12 and settings["lr"] == 0.002
-    assert replaced == {"epochs": [6, 12]}
+    assert dcl.resolved_settings()["epochs"] == 12 and dcl.resolved_settings()["lr"] == 0.002
     # Trained longer, evaluated on the same task: one protocol, one leaderboard table.
     lstm = variants["lstm"].train_config()
     assert EvaluationProtocol.of(dcl.train_config()) == EvaluationProtocol.of(lstm)
@@ -185,6 +183,35 @@ def test_a_nan_learning_rate_is_refused_by_the_launchpad_config():
     for bad in (float("nan"), float("inf"), 0.0):
         with pytest.raises(ValueError, match="TrainConfig.lr must be a finite number > 0"):
             TrainConfig(lr=bad)
+
+
+def test_a_run_sets_only_where_and_how_it_trains(tmp_path):
+    (lstm,) = [v for v in load_variants(tmp_path / "absent.yaml") if v.name == "lstm"]
+    config = lstm.train_config(device="cpu", compile=True, deterministic=False)
+    assert (config.device, config.compile, config.deterministic) == ("cpu", True, False)
+    for setting in ({"epochs": 1}, {"lr": 0.1}, {"class_set": "all18"}):
+        with pytest.raises(ValueError, match=f"{next(iter(setting))} would change its result"):
+            lstm.train_config(**setting)
+
+
+def test_the_settings_version_changes_exactly_when_a_result_would(tmp_path):
+    text = "variants:\n  a:\n    model: lstm\n    lr: 0.001\n  b:\n    model: lstm\n"
+    before = _file_variants(_write(tmp_path, text))
+    edited = _file_variants(_write(tmp_path, text.replace("0.001", "0.0005")))
+    assert edited["a"].settings_version() != before["a"].settings_version()
+    assert edited["b"].settings_version() == before["b"].settings_version()
+    # Spelling out a default, or a model argument's default, decides nothing new.
+    same = _write(tmp_path, text + "    epochs: 6\n    model_args:\n      hidden: 64\n")
+    assert get_spec("lstm").config_cls().hidden == 64
+    assert _file_variants(same)["b"].settings_version() == before["b"].settings_version()
+    # Seeds, a window setting and a model argument each change the result.
+    for extra in ("    seeds: 2\n", "    stride: 64\n", "    model_args:\n      hidden: 32\n"):
+        changed = _file_variants(_write(tmp_path, text + extra))["b"]
+        assert changed.settings_version() != before["b"].settings_version(), extra
+    resolved = before["a"].resolved_settings()
+    assert resolved["model"] == "lstm" and resolved["seeds"] == 1
+    assert resolved["model_overrides"]["hidden"] == 64  # the model's defaults are resolved
+    assert "device" not in resolved and "compile" not in resolved
 
 
 def test_the_projects_experiments_file_is_valid():

@@ -176,6 +176,10 @@ class TrainConfig:
         return {k: getattr(self, k) for k in TRAINING_SETTINGS} | {"augment": asdict(self.augment)}
 
 
+# Where and how a training runs, never what it computes: the only settings a run may choose
+# (the Dagster launchpad); everything else belongs to the variant, whose settings are versioned.
+RUN_SETTINGS: tuple[str, ...] = ("device", "compile", "deterministic")
+
 # What `training_settings` records (with the augmentation's settings).
 TRAINING_SETTINGS: tuple[str, ...] = (
     "epochs",
@@ -190,14 +194,3 @@ TRAINING_SETTINGS: tuple[str, ...] = (
     "balanced_sampling",
     "loss_class_weights",
 )
-
-
-def make_train_config(values: dict[str, Any]) -> TrainConfig:
-    """A TrainConfig from flat settings (window fields beside the training ones)."""
-    values = dict(values)
-    window = {
-        k: values.pop(k) for k in ("window", "stride", "decimate", "class_set") if k in values
-    }
-    values.pop("resume", None)
-    values.pop("seeds", None)  # the orchestration's repeat count, not a setting of one run
-    return TrainConfig(**values, window=WindowConfig(**window))

@@ -20,7 +20,9 @@ the setting of every problem.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
+import json
 import math
 import re
 import types
@@ -34,18 +36,20 @@ from yaml.constructor import ConstructorError
 from yaml.resolver import BaseResolver
 
 from ml_core.data.columns import MODALITIES
-from ml_core.models import create_model, get_spec, model_names
+from ml_core.models import create_model, get_spec, make_config, model_names
 from ml_core.paths import PROJECT_ROOT
-from ml_core.training.config import TrainConfig, WindowConfig
+from ml_core.training.config import RUN_SETTINGS, TrainConfig, WindowConfig
 
 VARIANTS_FILE = PROJECT_ROOT / "experiments.yaml"
 # Variants one entry may expand to: each trains on every fold, so more is a typo, not a plan.
 MAX_SWEEP = 64
 WINDOW_SETTINGS = tuple(f.name for f in fields(WindowConfig))
-# What a variant may set for training; the rest (device, max_steps, batch sizes for
-# evaluation) belongs to where and how long a run goes, not to what the variant is.
+# What a variant may set for training: everything that changes a result. The rest
+# (`RUN_SETTINGS`: device, compile, deterministic) is where and how a run goes, set per run.
 TRAIN_SETTINGS = (
     "epochs",
+    "max_steps",
+    "precision",
     "batch_size",
     "lr",
     "weight_decay",
@@ -89,13 +93,40 @@ class Variant:
     def builtin(self) -> bool:
         return not self.entry
 
-    def train_config(self) -> TrainConfig:
-        """The TrainConfig of this variant's (first) training."""
+    def train_config(self, **run: Any) -> TrainConfig:
+        """The TrainConfig of this variant's (first) training, with `run`'s settings of where
+        and how it runs (`RUN_SETTINGS` only: nothing that changes a result)."""
+        if unknown := sorted(set(run) - set(RUN_SETTINGS)):
+            raise ValueError(
+                f"variant {self.name!r}: {', '.join(unknown)} would change its result; only "
+                f"{', '.join(RUN_SETTINGS)} may be set for a run"
+            )
         return TrainConfig(
             **self.train,
+            **run,
             model_overrides=dict(self.model_args),
             window=WindowConfig(**self.window),
         )
+
+    @property
+    def n_seeds(self) -> int:
+        """Trainings per fold (seeds seed, seed + 1, ...)."""
+        return 1 if self.seeds is None else self.seeds
+
+    def resolved_settings(self) -> dict[str, Any]:
+        """Everything that decides this variant's result: the model with every argument (its
+        defaults included), the training and window settings, the number of seeds. What only
+        decides where and how a run goes (`RUN_SETTINGS`) is left out."""
+        config = self.train_config().to_dict()
+        for key in RUN_SETTINGS:
+            config.pop(key)
+        config["model_overrides"] = dataclasses.asdict(make_config(self.model, **self.model_args))
+        return {"model": self.model, "seeds": self.n_seeds, **config}
+
+    def settings_version(self) -> str:
+        """A short hash of `resolved_settings`: it changes exactly when a result would."""
+        text = json.dumps(self.resolved_settings(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def settings(self) -> dict[str, Any]:
         """Every override, flat (model arguments prefixed `m.`), for tables and MLflow."""
@@ -105,31 +136,6 @@ class Variant:
             **{f"m.{k}": v for k, v in self.model_args.items()},
             **({} if self.seeds is None else {"seeds": self.seeds}),
         }
-
-    def apply(self, run_config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """This variant's run settings: what it sets, over `run_config` (flat settings as the
-        launchpad's training config holds them); everything it does not set comes from
-        `run_config`. `model_args` go into `model_overrides` key by key.
-
-        Returns (the effective flat settings, {setting: [run config value, variant value]} for
-        every run config value the variant replaced with a different one).
-        """
-        effective = dict(run_config)
-        replaced: dict[str, Any] = {}
-        own = {**self.train, **self.window}
-        if self.seeds is not None:
-            own["seeds"] = self.seeds
-        for key, value in own.items():
-            if key in run_config and run_config[key] != value:
-                replaced[key] = [run_config[key], value]
-            effective[key] = value
-        overrides = dict(run_config.get("model_overrides") or {})
-        for key, value in self.model_args.items():
-            if key in overrides and overrides[key] != value:
-                replaced[f"m.{key}"] = [overrides[key], value]
-            overrides[key] = value
-        effective["model_overrides"] = overrides
-        return effective, replaced
 
 
 def builtin_variants() -> list[Variant]:

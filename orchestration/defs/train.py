@@ -1,11 +1,10 @@
 """Train stage: one model per fold x variant partition, then its evaluation bundle.
 
-The model dimension holds variants (`orchestration.defs.partitions`). How a file variant and
-the launchpad's run config combine: the settings the variant names (training and window
-settings, `seeds`, and each of its `model_args`, merged key by key into
-`model_overrides`) override the run config; everything it does not name comes from the run
-config. The effective config, and which run config values the variant replaced, are recorded
-in the asset metadata.
+The model dimension holds variants (`orchestration.defs.partitions`). A variant's settings
+(experiments.yaml, or a model's defaults) decide everything that changes a result, and they are
+versioned: `trained_model` reads `variant_settings`, whose data version is a hash of them, so
+editing a variant makes its partitions stale. The launchpad's run config chooses only where and
+how a training runs (device, compile, deterministic, resume); any other key fails the run.
 
 `ml_core.pipeline` (torch, scikit-learn, MLflow) is imported inside the asset bodies, so loading
 the code location and running the data steps does not pay for it.
@@ -13,67 +12,43 @@ the code location and running the data steps does not pay for it.
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 
 from ml_core.io import checkpoint_digest
-from ml_core.training.config import (
-    ClassSet,
-    Device,
-    Loss,
-    Precision,
-    TrainConfig,
-    WindowConfig,
-    make_train_config,
-)
+from ml_core.training.config import RUN_SETTINGS, Device, TrainConfig
 from orchestration.code_versions import CODE_VERSIONS
 from orchestration.defs.automation import WEEKLY_TRAINING
 from orchestration.defs.partitions import fold_and_variant, fold_model_partitions
 from orchestration.defs.prepare import activity_shards, feature_stats, fold_manifests
 from orchestration.defs.resources import DataRoot, MlflowTracking
-from orchestration.defs.variants import find_variant
+from orchestration.defs.variants import (
+    find_variant,
+    recorded_settings_version,
+    variant_settings,
+    variant_settings_events,
+)
 from orchestration.metadata import files_version, png_markdown, raise_blocked, table
 
 TRAINING_POOL = "training"
 
 
-class TrainingConfig(dg.Config):
-    """Hyperparameters (defaults: `ml_core.training.config.TrainConfig`'s: fast on a CPU).
-    `loss`, `device` and `class_set` are enumerated: the launchpad rejects any other value.
-    `model_overrides` sets the architecture's own settings (its config dataclass in
-    `ml_core/models/<model>.py`), e.g. `{hidden: 128}`, and `augment` the augmentation's
-    (`ml_core.training.config.AugmentConfig`); an unknown key fails the run at once. A file
-    variant's own settings override these; the rest apply to it as to any variant."""
+class TrainingConfig(dg.PermissiveConfig):
+    """Where and how a training runs, never what it computes: `device`, `compile`,
+    `deterministic` (exact runs; refuse a resume on another device) and `resume` (continue from
+    `last.pt`). Everything that changes a result (epochs, loss, window, model arguments, seeds,
+    ...) is a variant's setting in experiments.yaml, versioned by `variant_settings`; such a key
+    here fails the run at once, naming it. (Permissive so that the failure can say so; the
+    launchpad still checks these fields' values.)"""
 
-    epochs: int = TrainConfig.epochs
-    batch_size: int = TrainConfig.batch_size
-    lr: float = TrainConfig.lr
-    weight_decay: float = TrainConfig.weight_decay
-    warmup_steps: int = TrainConfig.warmup_steps
-    max_steps: int | None = TrainConfig.max_steps
-    patience: int | None = TrainConfig.patience
-    loss: Loss = TrainConfig.loss
-    focal_gamma: float = TrainConfig.focal_gamma
-    balanced_sampling: bool = TrainConfig.balanced_sampling
-    loss_class_weights: bool | None = TrainConfig.loss_class_weights
-    seed: int = TrainConfig.seed
     device: Device = TrainConfig.device
-    window: int = WindowConfig.window
-    stride: int = WindowConfig.stride
-    decimate: int = WindowConfig.decimate
-    class_set: ClassSet = WindowConfig.class_set
-    model_overrides: dict[str, Any] = {}
-    # Training-batch augmentation: AugmentConfig fields to change, e.g. {enabled: false}.
-    augment: dict[str, Any] = {}
-    precision: Precision = "fp32"  # "bf16": forward passes under bfloat16 autocast
     compile: bool = TrainConfig.compile
-    deterministic: bool = TrainConfig.deterministic  # exact runs; refuse a resume elsewhere
+    deterministic: bool = TrainConfig.deterministic
     resume: bool = False
-    seeds: int = 1  # repeat the training with seeds seed, seed + 1, …: the spread is reported
 
 
 _BY_FOLD = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="fold")
+_BY_VARIANT = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="model")
 # What a fold x model partition reads: its fold's manifests and statistics, and the tensor
 # shards of every subject (the manifests name ranges of them).
 _FOLD_INPUTS = [
@@ -118,7 +93,7 @@ def _training_slots(context: dg.AssetExecutionContext) -> int:
     partitions_def=fold_model_partitions,
     group_name="train",
     kinds={"pytorch", "mlflow"},
-    deps=_FOLD_INPUTS,
+    deps=[dg.AssetDep(variant_settings, partition_mapping=_BY_VARIANT), *_FOLD_INPUTS],
     code_version=CODE_VERSIONS["trained_model"],
     automation_condition=WEEKLY_TRAINING,
     pool=TRAINING_POOL,
@@ -141,28 +116,38 @@ def trained_model(
 ) -> dg.MaterializeResult:
     """A variant's model trained by `ml_core` on one fold: `best.pt`, `last.pt` and
     `history.json` under `data/models/<fold>/<variant>/<protocol id>/seed-<seed>/`, one MLflow
-    run per seed tagged with the variant. A file variant's settings override the run config
-    (the rest comes from it); another protocol (window, stride, rate, class set) is stored
-    beside, never over; training settings are recorded with the result. A retry resumes from
-    `last.pt`."""
+    run per seed tagged with the variant. The variant's settings decide the result; the run
+    config only where and how it runs. Another protocol (window, stride, rate, class set) is
+    stored beside, never over; training settings are recorded with the result. A retry resumes
+    from `last.pt`."""
     from ml_core import pipeline
-    from ml_core.models import make_config
 
     fold, name = fold_and_variant(context)
+    run = {k: v for k, v in context.op_execution_context.op_config.items() if k != "resume"}
     try:
+        if not_run := sorted(set(run) - set(RUN_SETTINGS)):
+            raise ValueError(
+                f"the run config sets {', '.join(not_run)}, which would change the result; it "
+                f"may set only {', '.join(RUN_SETTINGS)} and resume. Set the others on a "
+                f"variant in experiments.yaml (its settings are versioned)"
+            )
         variant = find_variant(name)
-        settings, replaced = variant.apply(config.model_dump())
-        train_config = make_train_config(settings)
-        make_config(variant.model, **train_config.model_overrides)
+        train_config = variant.train_config(**run)
         pipeline.check_fold_window(data_root.paths(), fold, train_config)
     except (TypeError, ValueError) as exc:
         # A bad setting fails the same way every time: no retry.
         raise dg.Failure(
             description=f"{fold}/{name}: invalid training config: {exc}", allow_retries=False
         ) from exc
-    model, seeds = variant.model, int(settings["seeds"])
-    for key, (run_value, own) in replaced.items():
-        context.log.info(f"{name} sets {key}={own!r}: the run config's {run_value!r} is not used")
+    if recorded_settings_version(context.instance, name) != variant.settings_version():
+        # Edited since last recorded (no sensor or registration saw it): record the settings,
+        # then retry, because a step reads its inputs' versions as it starts, and the result
+        # must name the settings it was trained with.
+        for event in variant_settings_events(context.instance, [variant]):
+            context.instance.report_runless_asset_event(event)
+        context.log.info(f"recorded the changed settings of {name}; restarting the step")
+        raise dg.RetryRequested(max_retries=1)
+    model, seeds = variant.model, variant.n_seeds
     resume = config.resume or context.retry_number > 0
     if resume:
         context.log.info(
@@ -199,7 +184,7 @@ def trained_model(
             "variant": name,
             "model": model,
             "variant_settings": dg.MetadataValue.json(variant.settings()),
-            "replaced_run_config": dg.MetadataValue.json(replaced),
+            "settings_version": variant.settings_version(),
             "protocol_id": summary["protocol"]["id"],
             "protocol": summary["protocol"]["description"],
             "seeds": str(summary["seeds"]),

@@ -24,9 +24,15 @@ pytestmark = pytest.mark.slow
 
 FOLD = "stratified"
 MODEL = "temporal_cnn"
+VARIANT = "short_cnn"
 EPOCHS = 2
 # Two full epochs on two tiny subjects: a few optimizer steps each, so per-epoch metrics exist.
-TRAINING_RUN_CONFIG = {"ops": {"trained_model": {"config": {"epochs": EPOCHS, "batch_size": 64}}}}
+VARIANTS_FILE = f"""variants:
+  {VARIANT}:
+    model: {MODEL}
+    epochs: {EPOCHS}
+    batch_size: 64
+"""
 
 
 def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, object]:
@@ -41,6 +47,8 @@ def test_training_job_logs_params_metrics_artifacts_and_model_to_the_server(
     tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    (tmp_path / "experiments.yaml").write_text(VARIANTS_FILE)
+    monkeypatch.setenv("PAMAP_VARIANTS_FILE", str(tmp_path / "experiments.yaml"))
     instance = dg.DagsterInstance.ephemeral()
     for subject in ("101", "102"):
         materialize("ingest_job", instance, subject)
@@ -49,8 +57,7 @@ def test_training_job_logs_params_metrics_artifacts_and_model_to_the_server(
     result = materialize(
         "training_job",
         instance,
-        dg.MultiPartitionKey({"fold": FOLD, "model": MODEL}),
-        TRAINING_RUN_CONFIG,
+        dg.MultiPartitionKey({"fold": FOLD, "model": VARIANT}),
     )
     trained = _metadata(result, "trained_model")
     evaluated = _metadata(result, "evaluation_bundle")
@@ -61,14 +68,14 @@ def test_training_job_logs_params_metrics_artifacts_and_model_to_the_server(
     client = MlflowClient(tracking_uri=mlflow_server.url)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    protocol_id = latest_dirs(DataPaths(data_root), FOLD, MODEL)[0].parent.name
-    assert run.info.run_name == f"{FOLD}/{MODEL}/{protocol_id}/seed-0"
+    protocol_id = latest_dirs(DataPaths(data_root), FOLD, VARIANT)[0].parent.name
+    assert run.info.run_name == f"{FOLD}/{VARIANT}/{protocol_id}/seed-0"
     assert run.data.tags["protocol_id"] == protocol_id
     assert run.data.tags["fold"] == FOLD
     assert run.data.tags["model"] == MODEL
     assert run.data.tags["dagster.run_id"] == result.run_id
 
-    # Params: the model, the fold and the training settings from the run config.
+    # Params: the model, the fold and the variant's training settings.
     assert run.data.params["model"] == MODEL
     assert run.data.params["fold"] == FOLD
     assert run.data.params["epochs"] == str(EPOCHS)
@@ -79,7 +86,9 @@ def test_training_job_logs_params_metrics_artifacts_and_model_to_the_server(
     assert all(0.0 <= m.value <= 1.0 for m in history)
     assert run.data.metrics["best_val_macro_f1"] == pytest.approx(max(m.value for m in history))
     paths = DataPaths(data_root)
-    summary = json.loads((latest_dirs(paths, FOLD, MODEL)[1] / "summary_metrics.json").read_text())
+    summary = json.loads(
+        (latest_dirs(paths, FOLD, VARIANT)[1] / "summary_metrics.json").read_text()
+    )
     for key in ("accuracy", "macro_f1", "weighted_f1", "balanced_accuracy"):
         assert run.data.metrics[f"test_{key}"] == pytest.approx(summary[key])
     assert evaluated["test_macro_f1"] == pytest.approx(summary["macro_f1"])
@@ -88,9 +97,9 @@ def test_training_job_logs_params_metrics_artifacts_and_model_to_the_server(
     checkpoints = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
     assert {"checkpoints/best.pt", "checkpoints/last.pt", "checkpoints/history.json"} <= checkpoints
     evaluation = {Path(a.path).name for a in client.list_artifacts(run_id, "evaluation")}
-    complete, missing = check_bundle_complete(latest_dirs(paths, FOLD, MODEL)[1])
+    complete, missing = check_bundle_complete(latest_dirs(paths, FOLD, VARIANT)[1])
     assert complete, missing
-    local_bundle = {p.name for p in latest_dirs(paths, FOLD, MODEL)[1].iterdir()}
+    local_bundle = {p.name for p in latest_dirs(paths, FOLD, VARIANT)[1].iterdir()}
     assert local_bundle <= evaluation
     downloaded = mlflow.artifacts.download_artifacts(
         run_id=run_id,
@@ -105,7 +114,7 @@ def test_training_job_logs_params_metrics_artifacts_and_model_to_the_server(
         dst_path=str(tmp_path / "download"),
         tracking_uri=mlflow_server.url,
     )
-    local_best = latest_dirs(paths, FOLD, MODEL)[0] / "best.pt"
+    local_best = latest_dirs(paths, FOLD, VARIANT)[0] / "best.pt"
     assert Path(best).read_bytes() == local_best.read_bytes()
     stored = {p.name for p in mlflow_server.artifacts.rglob("*") if p.is_file()}
     assert {"best.pt", "summary_metrics.json"} <= stored

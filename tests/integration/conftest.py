@@ -20,7 +20,7 @@ from ml_core.data.columns import SUBJECTS
 from ml_core.data.folds import FOLD_NAMES
 from ml_core.data.synthetic import write_dataset
 from orchestration.definitions import defs as load_defs
-from orchestration.defs.partitions import register_variants
+from orchestration.defs.variants import find_variant, record_variants
 
 
 def execute(
@@ -30,9 +30,9 @@ def execute(
     run_config: dict | None = None,
 ) -> dg.ExecuteInProcessResult:
     """Run one of the code location's jobs in process, the way `pamap demo` does (a fold x
-    variant partition is registered first, as `pamap demo` does)."""
+    variant partition is registered first, with its settings, as `pamap demo` does)."""
     if isinstance(partition, dg.MultiPartitionKey):
-        register_variants(instance, [partition.keys_by_dimension["model"]])
+        record_variants(instance, [find_variant(partition.keys_by_dimension["model"])])
     job = load_defs().resolve_job_def(job_name)
     return job.execute_in_process(
         instance=instance, partition_key=partition, run_config=run_config, raise_on_error=False

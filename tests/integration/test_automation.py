@@ -27,7 +27,7 @@ from ml_core.evaluation.protocol import latest_dirs
 from ml_core.io import load_torch
 from ml_core.models import model_names
 from ml_core.paths import DataPaths
-from ml_core.training.config import make_train_config
+from ml_core.training.config import TrainConfig
 from orchestration.definitions import defs as load_defs
 from orchestration.defs.partitions import register_variants
 from orchestration.defs.resources import DataRoot
@@ -206,6 +206,7 @@ def test_weekly_training_is_one_backfill_of_every_fold_and_variant() -> None:
     instance = dg.DagsterInstance.ephemeral()
     variants = [*model_names(), "lstm_sweep-lr=0.002"]  # the built-in ones and a file's
     register_variants(instance, variants)
+    _report_materialized(instance, "variant_settings", variants)  # as variants_sensor records
     defs = load_defs()
     for asset in CHAIN[-1:]:
         _report_materialized(instance, asset, [str(s) for s in SUBJECTS])
@@ -267,11 +268,15 @@ def test_weekly_training_is_one_backfill_of_every_fold_and_variant() -> None:
 
 
 def test_failed_training_retries_and_resumes_from_last_checkpoint(
-    copy_prepared: Callable[[], Path], monkeypatch: pytest.MonkeyPatch
+    copy_prepared: Callable[[], Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     paths = DataPaths(copy_prepared())
-    fold, model = "holdout-106", "early_fusion"
+    fold, model, variant = "holdout-106", "early_fusion", "short"
     settings = {"epochs": 2, "warmup_steps": 5, "seed": 3}
+    variants = tmp_path / "experiments.yaml"
+    lines = "".join(f"    {k}: {v}\n" for k, v in settings.items())
+    variants.write_text(f"variants:\n  {variant}:\n    model: {model}\n{lines}")
+    monkeypatch.setenv("PAMAP_VARIANTS_FILE", str(variants))
 
     # A straight run, for reference, on the thread count the asset gives a training (one
     # slot on an ephemeral instance): float sums, and so the weights, depend on it.
@@ -280,7 +285,7 @@ def test_failed_training_retries_and_resumes_from_last_checkpoint(
     torch.set_num_threads(pipeline.threads_per_slot(1))
     try:
         pipeline.train_model(
-            model, paths, fold, make_train_config(settings), straight_dir, resume=False
+            model, paths, fold, TrainConfig(**settings), straight_dir, resume=False
         )
     finally:
         torch.set_num_threads(threads_before)
@@ -301,16 +306,11 @@ def test_failed_training_retries_and_resumes_from_last_checkpoint(
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "train_model", flaky_train)
-    key = dg.MultiPartitionKey({"fold": fold, "model": model})
-    result = execute(
-        "training_job",
-        dg.DagsterInstance.ephemeral(),
-        key,
-        {"ops": {"trained_model": {"config": settings}}},
-    )
+    key = dg.MultiPartitionKey({"fold": fold, "model": variant})
+    result = execute("training_job", dg.DagsterInstance.ephemeral(), key)
     assert result.success
     assert calls == [False, True]  # first attempt fresh, the retry resumed
-    resumed = load_torch(latest_dirs(paths, fold, model)[0] / "last.pt")
+    resumed = load_torch(latest_dirs(paths, fold, variant)[0] / "last.pt")
     assert resumed["step"] > 7
     for name, tensor in expected.items():
         assert torch.equal(tensor, resumed["model_state"][name]), name

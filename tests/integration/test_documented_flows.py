@@ -40,7 +40,6 @@ pytestmark = pytest.mark.slow
 
 MODELS = ("feature_gbm", "temporal_cnn")
 FOLDS = ("holdout-106", "loso-101")  # both models on the same folds: complete entries
-QUICK = {"ops": {"trained_model": {"config": {"epochs": 1, "max_steps": 6}}}}
 
 
 def documented(where: str, *needles: str, without: str = "") -> Command:
@@ -111,7 +110,7 @@ def project(
             for fold in FOLDS:
                 for model in MODELS:
                     key = dg.MultiPartitionKey({"fold": fold, "model": model})
-                    assert execute("training_job", instance, key, QUICK).success, (fold, model)
+                    assert execute("training_job", instance, key).success, (fold, model)
             assert execute("report_job", instance).success
             yield DataPaths(root), uri, instance
 

@@ -19,7 +19,6 @@ from tests.raw_edits import edit_labelled_row
 
 FOLDS = ("holdout-106", "loso-101")
 MODEL = "feature_gbm"
-TRAINING = {"ops": {"trained_model": {"config": {"epochs": 1}}}}
 INGEST = ("raw_recording", "validated_recording", "imputed_recording", "activity_shards")
 
 
@@ -58,7 +57,7 @@ def test_staleness_follows_content_changes_through_the_graph(
             assert execute("ingest_job", instance, str(subject)).success
         for fold in FOLDS:
             assert execute("prepare_job", instance, fold).success
-            assert execute("training_job", instance, _fold_model(fold), TRAINING).success
+            assert execute("training_job", instance, _fold_model(fold)).success
         assert _not_fresh(instance) == set()
 
         # A touched but unchanged file: its subject is stale until re-read, then nothing is.

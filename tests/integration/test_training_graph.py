@@ -16,34 +16,30 @@ from ml_core.evaluation.evaluate import BUNDLE_FILES
 from ml_core.evaluation.protocol import latest_dirs
 from ml_core.io import load_torch
 from ml_core.paths import DataPaths
+from ml_core.training.config import TrainConfig
 from tests.integration.conftest import execute
 
 FOLD = "holdout-106"
-MODELS = ("feature_gbm", "temporal_cnn")
-SHORT_TRAINING = {"ops": {"trained_model": {"config": {"epochs": 2, "warmup_steps": 5}}}}
+# Variant -> model: the built-in feature_gbm, and a short temporal CNN training.
+MODELS = {"feature_gbm": "feature_gbm", "tcn": "temporal_cnn"}
 # feature_gbm's run links to a Dagster UI somewhere else than the default 127.0.0.1:3000.
-DAGSTER_URLS = {"feature_gbm": "http://dagster.internal:8080/", "temporal_cnn": None}
-# A file variant beside the built-in ones: a sweep over a model argument, epochs set again.
+DAGSTER_URLS = {"feature_gbm": "http://dagster.internal:8080/", "tcn": None}
+# File variants beside the built-in ones: a short training, and a sweep over a model argument
+# with its own seed.
 VARIANTS_FILE = """variants:
+  tcn:
+    model: temporal_cnn
+    epochs: 2
+    warmup_steps: 5
   gbm:
     model: feature_gbm
     epochs: 2
+    seed: 4
     model_args:
       max_iter: [3, 5]
       max_leaf_nodes: 4
 """
 VARIANT = "gbm-m.max_iter=3"
-VARIANT_RUN_CONFIG = {
-    "ops": {
-        "trained_model": {
-            "config": {
-                "epochs": 1,
-                "seed": 4,
-                "model_overrides": {"max_iter": 9, "learning_rate": 0.2},
-            }
-        }
-    }
-}
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +59,9 @@ def trained(
         for model in MODELS:
             key = dg.MultiPartitionKey({"fold": FOLD, "model": model})
             config = {"resources": {"mlflow": {"config": {"dagster_url": DAGSTER_URLS[model]}}}}
-            assert execute("training_job", instance, key, SHORT_TRAINING | config).success, model
+            assert execute("training_job", instance, key, config).success, model
         key = dg.MultiPartitionKey({"fold": FOLD, "model": VARIANT})
-        assert execute("training_job", instance, key, VARIANT_RUN_CONFIG).success
+        assert execute("training_job", instance, key).success
         assert execute("report_job", instance).success
         yield DataPaths(root), tracking_uri, instance
 
@@ -137,7 +133,7 @@ def test_dagster_and_mlflow_runs_link_to_each_other(
 ) -> None:
     _, tracking_uri, instance = trained
     client = MlflowClient(tracking_uri=tracking_uri)
-    expected_base = {"feature_gbm": "http://dagster.internal:8080", "temporal_cnn": None}
+    expected_base = {"feature_gbm": "http://dagster.internal:8080", "tcn": None}
     for model in MODELS:
         key = dg.MultiPartitionKey({"fold": FOLD, "model": model})
         for asset in ("trained_model", "evaluation_bundle"):
@@ -168,7 +164,7 @@ def test_leaderboard_lists_every_trained_model(
     board = json.loads((paths.reports / "leaderboard.json").read_text())
     (section,) = board["protocols"]
     models = {row["variant"]: row["model"] for row in section["rows"]}
-    assert models == {**{m: m for m in MODELS}, VARIANT: "feature_gbm"}
+    assert models == {**MODELS, VARIANT: "feature_gbm"}
     markdown = (paths.reports / "leaderboard.md").read_text()
     assert "synthetic" in markdown and "holdout-106" in markdown
     assert section["protocol"]["description"] in markdown
@@ -178,7 +174,7 @@ def test_every_result_records_its_protocol(
     trained: tuple[DataPaths, str, dg.DagsterInstance],
 ) -> None:
     paths, tracking_uri, instance = trained
-    model_dir, bundle = latest_dirs(paths, FOLD, "temporal_cnn")
+    model_dir, bundle = latest_dirs(paths, FOLD, "tcn")
     summary = json.loads((bundle / "summary_metrics.json").read_text())
     history = json.loads((model_dir / "history.json").read_text())
     protocol = summary["protocol"]
@@ -207,17 +203,20 @@ def test_another_protocol_is_stored_beside_the_old_one(
     root = tmp_path / "data"
     shutil.copytree(paths.root, root)
     other = DataPaths(root)
-    old_dir, old_bundle = latest_dirs(other, FOLD, "feature_gbm")
+    old_dir, old_bundle = latest_dirs(other, FOLD, VARIANT)
     old_summary = (old_bundle / "summary_metrics.json").read_bytes()
-    config = {"ops": {"trained_model": {"config": {"window": 128, "stride": 64}}}}
-    key = dg.MultiPartitionKey({"fold": FOLD, "model": "feature_gbm"})
+    # The variant edited to shorter windows: the same partition, another protocol.
+    variants = tmp_path / "experiments.yaml"
+    variants.write_text(VARIANTS_FILE.replace("    seed: 4\n", "    seed: 4\n    window: 128\n"))
+    key = dg.MultiPartitionKey({"fold": FOLD, "model": VARIANT})
     with pytest.MonkeyPatch.context() as env:
         env.setenv("PAMAP_DATA_ROOT", str(root))
         env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        env.setenv("PAMAP_VARIANTS_FILE", str(variants))
         instance = dg.DagsterInstance.ephemeral()
-        assert execute("training_job", instance, key, config).success
+        assert execute("training_job", instance, key).success
         assert execute("report_job", instance).success
-    new_dir, new_bundle = latest_dirs(other, FOLD, "feature_gbm")
+    new_dir, new_bundle = latest_dirs(other, FOLD, VARIANT)
     assert new_dir.parent.name != old_dir.parent.name  # a new protocol id
     assert (old_bundle / "summary_metrics.json").read_bytes() == old_summary
     assert (old_dir / "best.pt").exists() and (new_dir / "best.pt").exists()
@@ -225,7 +224,7 @@ def test_another_protocol_is_stored_beside_the_old_one(
     ids = {s["protocol"]["id"]: [r["variant"] for r in s["rows"]] for s in board["protocols"]}
     assert ids == {
         old_dir.parent.name: sorted([*MODELS, VARIANT]),
-        new_dir.parent.name: ["feature_gbm"],
+        new_dir.parent.name: [VARIANT],
     }
 
 
@@ -243,14 +242,14 @@ def test_a_file_variant_trains_with_its_settings_into_its_own_folders(
 ) -> None:
     paths, tracking_uri, instance = trained
     key = dg.MultiPartitionKey({"fold": FOLD, "model": VARIANT})
-    # What the variant names wins; the rest (seed, learning rate) comes from the run config.
+    # What the variant names, over the defaults; the run config changes none of it.
     trained_metadata = _metadata(instance, "trained_model", key)
-    overrides = {"max_iter": 3, "max_leaf_nodes": 4, "learning_rate": 0.2}
+    overrides = {"max_iter": 3, "max_leaf_nodes": 4}
     config = trained_metadata["config"]
     assert trained_metadata["variant"] == VARIANT and trained_metadata["model"] == "feature_gbm"
     assert config["model_overrides"] == overrides
     assert (config["epochs"], config["seed"]) == (2, 4)
-    assert trained_metadata["replaced_run_config"] == {"epochs": [1, 2], "m.max_iter": [9, 3]}
+    assert config["lr"] == TrainConfig.lr
     model_dir, bundle = latest_dirs(paths, FOLD, VARIANT)
     assert model_dir.is_relative_to(paths.model_root(FOLD, VARIANT)) and model_dir.name == "seed-4"
     assert load_torch(model_dir / "best.pt")["model_overrides"] == overrides
@@ -263,7 +262,12 @@ def test_a_file_variant_trains_with_its_settings_into_its_own_folders(
     assert Path(_metadata(instance, "evaluation_bundle", key)["folder"]) == bundle
     summary = json.loads((bundle / "summary_metrics.json").read_text())
     assert summary["variant"] == VARIANT and summary["model"] == "feature_gbm"
-    assert summary["variant_settings"] == {"epochs": 2, "m.max_iter": 3, "m.max_leaf_nodes": 4}
+    assert summary["variant_settings"] == {
+        "epochs": 2,
+        "seed": 4,
+        "m.max_iter": 3,
+        "m.max_leaf_nodes": 4,
+    }
 
     client = MlflowClient(tracking_uri=tracking_uri)
     (run,) = client.search_runs(

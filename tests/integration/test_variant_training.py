@@ -11,7 +11,7 @@ import pytest
 
 from ml_core.paths import DataPaths
 from ml_core.pipeline import check_fold_window, fold_split_gap
-from ml_core.training.config import make_train_config
+from ml_core.training.config import TrainConfig, WindowConfig
 from tests.integration.conftest import execute
 
 FOLD = "holdout-106"
@@ -23,15 +23,14 @@ def _variants(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> Non
     monkeypatch.setenv("PAMAP_VARIANTS_FILE", str(file))
 
 
-def _training(**config: object) -> dict:
-    return {"ops": {"trained_model": {"config": config}}}
-
-
 def test_a_window_longer_than_the_folds_gap_is_refused_until_the_fold_is_rebuilt(
     copy_prepared: Callable[[], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     paths = DataPaths(copy_prepared())
-    text = "variants:\n  slow:\n    model: feature_gbm\n    window: 100\n    decimate: 3\n"
+    text = (
+        "variants:\n  slow:\n    model: feature_gbm\n    epochs: 1\n    window: 100\n"
+        "    decimate: 3\n"
+    )
     _variants(tmp_path, monkeypatch, text)
     # Only the stratified cut leaves train, val and test parts of one recording side by side.
     assert fold_split_gap(paths, "stratified") == 256
@@ -40,7 +39,7 @@ def test_a_window_longer_than_the_folds_gap_is_refused_until_the_fold_is_rebuilt
     key = dg.MultiPartitionKey({"fold": "stratified", "model": "slow"})
 
     # 100 samples after decimation by 3 span 300 rows: more than the 256-row gap.
-    result = execute("training_job", instance, key, _training(epochs=1))
+    result = execute("training_job", instance, key)
     assert not result.success
     events = [e for e in result.all_events if e.step_key == "trained_model"]
     assert not [e for e in events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
@@ -52,7 +51,7 @@ def test_a_window_longer_than_the_folds_gap_is_refused_until_the_fold_is_rebuilt
     rebuild = {"ops": {"fold_manifests": {"config": {"window": 300}}}}
     assert execute("prepare_job", instance, "stratified", rebuild).success
     assert fold_split_gap(paths, "stratified") == 300
-    config = make_train_config({"window": 100, "decimate": 3})
+    config = TrainConfig(window=WindowConfig(window=100, decimate=3))
     check_fold_window(paths, "stratified", config)  # what refused the training now passes
     with pytest.raises(ValueError, match="leave 300 rows"):
-        check_fold_window(paths, "stratified", make_train_config({"decimate": 2}))
+        check_fold_window(paths, "stratified", TrainConfig(window=WindowConfig(decimate=2)))

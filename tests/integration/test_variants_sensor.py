@@ -29,6 +29,8 @@ def _apply(instance: dg.DagsterInstance, result: dg.SensorResult | dg.SkipReason
         else:
             for key in request.partition_keys:
                 instance.delete_dynamic_partition(request.partitions_def_name, key)
+    for event in result.asset_events or []:  # the variants' settings
+        instance.report_runless_asset_event(event)  # type: ignore[arg-type]
 
 
 def test_sensor_registers_new_variants_and_nothing_from_a_bad_file(
@@ -39,9 +41,13 @@ def test_sensor_registers_new_variants_and_nothing_from_a_bad_file(
     file.write_text("variants:\n  s:\n    model: lstm\n    lr: [0.01, 0.001]\n")
     instance = dg.DagsterInstance.ephemeral()
 
-    _apply(instance, _tick(instance))
+    first = _tick(instance)
+    _apply(instance, first)
     registered = instance.get_dynamic_partitions(VARIANT_PARTITIONS)
     assert sorted(registered) == sorted([*model_names(), "s-lr=0.01", "s-lr=0.001"])
+    assert isinstance(first, dg.SensorResult)
+    recorded = {str(e.partition) for e in first.asset_events if isinstance(e, dg.AssetObservation)}
+    assert recorded == set(registered)  # every variant's settings, versioned
     assert isinstance(_tick(instance), dg.SkipReason)  # nothing new
 
     # One more variant and one bad one: the tick names the problem and registers nothing.
