@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 
 import dagster as dg
-from dagster._core.events import DagsterEventType
 from dagster._core.launcher.base import CheckRunHealthResult, WorkerStatus
 
 
@@ -29,7 +28,7 @@ def _alive(pid: int) -> bool:
 
 def run_worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
     """The process id of the run's worker: the first engine event that carries a `pid`."""
-    for record in instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT):
+    for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
         event = record.dagster_event
         data = event.engine_event_data if event is not None else None
         pid = data.metadata.get("pid") if data is not None else None
