@@ -89,3 +89,27 @@ class DataPaths:
     @property
     def reports(self) -> Path:
         return self.root / "reports"
+
+    # --- what each stage writes -----------------------------------------------------------
+    def stage_outputs(self, stage: str) -> list[Path]:
+        """The folders stage `stage` (one of `STAGES`) writes, and nothing else: never the raw
+        data, the inbox or the MLflow store."""
+        folders = {
+            "ingest": [
+                self.root / "interim",
+                self.root / "processed",
+                self.root / "processed_tensors",
+            ],
+            "prepare": [self.root / "folds"],
+            # The feature cache is keyed by content: removing it only costs recomputing it.
+            "train": [self.root / "models", self.root / "evaluation", self.root / "cache"],
+            "report": [self.reports],
+            "timelines": [self.root / "timelines"],
+        }
+        if stage not in folders:
+            raise ValueError(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
+        return folders[stage]
+
+
+# The stages whose outputs `DataPaths.stage_outputs` names, in the order they run.
+STAGES: tuple[str, ...] = ("ingest", "prepare", "train", "report", "timelines")

@@ -13,17 +13,13 @@ from typing import TYPE_CHECKING
 
 from ml_core.data.folds import FOLD_NAMES
 from ml_core.models import model_names
-from ml_core.paths import PROJECT_ROOT, DataPaths, default_data_root
+from ml_core.paths import PROJECT_ROOT, STAGES, DataPaths, default_data_root
+from orchestration.instance_home import use_data_instance
 from orchestration.interrupts import Interrupted, raise_on_stop_signals, run_stoppable
 from orchestration.servers import DAGSTER_PORT, MLFLOW_PORT, run_servers, where_to_look
 
 if TYPE_CHECKING:
     from orchestration.demo import Progress
-
-
-def _use_project_instance() -> None:
-    """Share one persistent Dagster instance between this command, `dagster dev` and the daemon."""
-    os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT))
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -44,7 +40,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    _use_project_instance()
+    use_data_instance(DataPaths(Path(args.data_root).resolve()))
     from orchestration import demo
 
     progress = demo.Progress()
@@ -77,8 +73,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    _use_project_instance()
     paths = DataPaths(Path(args.data_root).resolve())
+    use_data_instance(paths)
     return run_servers(paths, args.dagster_port, args.mlflow_port)
 
 
@@ -110,7 +106,7 @@ def _variants(args: argparse.Namespace) -> int:
 
         from orchestration.defs.variants import record_variants
 
-        _use_project_instance()
+        use_data_instance(DataPaths(Path(args.data_root).resolve()))
         with dg.DagsterInstance.get() as instance:
             new, changed = record_variants(instance, variants)
             home = instance.root_directory
@@ -127,6 +123,39 @@ def _variants(args: argparse.Namespace) -> int:
                 else ""
             )
         )
+    return 0
+
+
+def _stage(name: str) -> str:
+    if name not in STAGES:
+        raise argparse.ArgumentTypeError(f"unknown stage {name!r}; one of: {', '.join(STAGES)}")
+    return name
+
+
+def _clean(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from orchestration.clean import STAGE_ASSETS, CleanRefused, clean
+
+    stages = list(STAGES) if args.all else list(dict.fromkeys(args.stages))
+    if not stages:
+        print("pamap clean: name the stages to clean, or --all", file=sys.stderr)
+        return 2
+    paths = DataPaths(Path(args.data_root).resolve())
+    use_data_instance(paths)
+    with dg.DagsterInstance.get() as instance:
+        try:
+            removed = clean(instance, paths, stages)
+        except CleanRefused as exc:
+            print(f"pamap clean: nothing removed: {exc}", file=sys.stderr)
+            return 1
+        home = instance.root_directory
+    assets = [a for s in stages for a in STAGE_ASSETS[s]]
+    print(f"wiped {', '.join(assets)} from the Dagster instance at {home}")
+    for folder in removed:
+        print(f"removed {folder}")
+    if not removed:
+        print(f"no output files of {', '.join(stages)} under {paths.root}")
     return 0
 
 
@@ -190,13 +219,25 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--url", default=None, help="archive URL (default: the UCI archive)")
     fetch.set_defaults(func=_fetch)
 
+    clean = sub.add_parser(
+        "clean",
+        parents=[common],
+        help="remove a stage's output files and wipe its assets from the Dagster instance "
+        "together (the raw data, the inbox and MLflow are kept)",
+    )
+    clean.add_argument(
+        "stages", nargs="*", type=_stage, metavar="STAGE", help=f"one of: {', '.join(STAGES)}"
+    )
+    clean.add_argument("--all", action="store_true", help="every stage")
+    clean.set_defaults(func=_clean)
+
     variants = sub.add_parser("variants", help="validate experiments.yaml and list the variants")
     variants.add_argument("--file", default=str(PROJECT_ROOT / "experiments.yaml"))
     variants.add_argument(
         "--register",
         action="store_true",
-        help="also add them as `variant` partitions of fold x model to the project's Dagster "
-        "instance (DAGSTER_HOME, default the project folder) and record their settings (a "
+        help="also add them as `variant` partitions of fold x model to the data folder's Dagster "
+        "instance (DAGSTER_HOME, default <data root>/.dagster) and record their settings (a "
         "changed variant's models turn stale); an invalid file adds nothing",
     )
     variants.set_defaults(func=_variants)
@@ -210,6 +251,7 @@ _AFTER_STOP = {
     "synth": ("each file written so far is complete (files are written whole)", "writes the set"),
     "fetch": ("nothing partial is kept (files go into place only once verified)", "downloads it"),
     "variants": ("nothing partial is kept", "runs it again"),
+    "clean": ("what was wiped or removed stays so (the instance first)", "finishes it"),
 }
 
 

@@ -202,3 +202,49 @@ def latest_dirs(paths: DataPaths, fold: str, variant: str) -> tuple[Path, Path]:
         paths.model_dir(fold, variant, latest.protocol_id, seed),
         paths.evaluation_dir(fold, variant, latest.protocol_id, seed),
     )
+
+
+# What a training leaves in each seed's folder (`ml_core.training.train`).
+MODEL_FILES: tuple[str, ...] = ("best.pt", "last.pt", "history.json")
+
+
+def _relative(paths: DataPaths, files: list[Path]) -> list[str]:
+    return [str(f.relative_to(paths.root)) for f in files if not f.is_file()]
+
+
+def missing_model_files(paths: DataPaths, fold: str, variant: str) -> list[str]:
+    """The files of the latest training of `variant` on `fold` that are gone, relative to the
+    data root (its `latest.json` when even that is gone)."""
+    root = paths.model_root(fold, variant)
+    try:
+        latest = read_latest_training(root)
+    except FileNotFoundError:
+        return _relative(paths, [latest_training_path(root)])
+    return _relative(
+        paths,
+        [
+            paths.model_dir(fold, variant, latest.protocol_id, seed) / name
+            for seed in latest.seeds
+            for name in MODEL_FILES
+        ],
+    )
+
+
+def missing_bundle_files(paths: DataPaths, fold: str, variant: str) -> list[str]:
+    """The evaluation bundle files of the latest training of `variant` on `fold` that are gone,
+    relative to the data root (the training's `latest.json` when that is gone)."""
+    from ml_core.evaluation.evaluate import bundle_files
+
+    root = paths.model_root(fold, variant)
+    try:
+        latest = read_latest_training(root)
+    except FileNotFoundError:
+        return _relative(paths, [latest_training_path(root)])
+    return _relative(
+        paths,
+        [
+            file
+            for seed in latest.seeds
+            for file in bundle_files(paths.evaluation_dir(fold, variant, latest.protocol_id, seed))
+        ],
+    )

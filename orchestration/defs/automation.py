@@ -55,10 +55,23 @@ prepare_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets("fold_manifests", "feature_stats"),
     description="Build one fold's manifests and feature statistics.",
 )
+# The `files_present` checks look at every partition at once: they run in their own job.
+_FILES_PRESENT = dg.AssetSelection.checks(
+    *(
+        dg.AssetCheckKey(dg.AssetKey(a), "files_present")
+        for a in ("trained_model", "evaluation_bundle")
+    )
+)
 training_job = dg.define_asset_job(
     "training_job",
-    selection=dg.AssetSelection.assets("trained_model", "evaluation_bundle"),
+    selection=dg.AssetSelection.assets("trained_model", "evaluation_bundle") - _FILES_PRESENT,
     description="Train and evaluate one fold x model.",
+)
+outputs_check_job = dg.define_asset_job(
+    "outputs_check_job",
+    selection=_FILES_PRESENT,
+    description="Check that every materialized fold x variant of trained_model and "
+    "evaluation_bundle still has its files.",
 )
 fold_results_job = dg.define_asset_job(
     "fold_results_job",

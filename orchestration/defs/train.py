@@ -10,12 +10,14 @@ how a training runs (device, compile, deterministic, resume); any other key fail
 the code location and running the data steps does not pay for it.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dagster as dg
 
+from ml_core.evaluation.protocol import missing_bundle_files, missing_model_files
 from ml_core.io import checkpoint_digest
+from ml_core.paths import DataPaths
 from ml_core.training.config import RUN_SETTINGS, Device, TrainConfig
 from orchestration.code_versions import CODE_VERSIONS
 from orchestration.defs.automation import WEEKLY_TRAINING
@@ -306,4 +308,80 @@ def evaluation_bundle(
             data_root.paths().root,
         ),
         check_results=[check],
+    )
+
+
+# Files deleted by hand stay "materialized" in the instance (`pamap clean` wipes both together):
+# these checks find the partitions whose files are gone. They run on their own
+# (`outputs_check_job`, or "Execute" on the asset's Checks tab), not with each training.
+FILES_PRESENT = "files_present"
+
+
+def _materialized_partitions(instance: dg.DagsterInstance, key: dg.AssetKey) -> set[str]:
+    partitions: set[str] = set()
+    cursor = None
+    while True:
+        page = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key), limit=1000, cursor=cursor
+        )
+        partitions.update(r.partition_key for r in page.records if r.partition_key)
+        if not page.has_more:
+            return partitions
+        cursor = page.cursor
+
+
+def _files_present(
+    instance: dg.DagsterInstance,
+    key: dg.AssetKey,
+    paths: DataPaths,
+    missing_files: Callable[[DataPaths, str, str], list[str]],
+) -> dg.AssetCheckResult:
+    missing: dict[str, list[str]] = {}
+    materialized = _materialized_partitions(instance, key)
+    for partition in sorted(materialized):
+        # Keys read `<fold>|<variant>` (dimensions in alphabetical order).
+        fold, variant = partition.split("|", 1)
+        if files := missing_files(paths, fold, variant):
+            missing[partition] = files
+    return dg.AssetCheckResult(
+        passed=not missing,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=(
+            f"{len(missing)} materialized partition(s) have files missing: materialize them "
+            "again (or `pamap clean train` to start over)"
+            if missing
+            else "every materialized partition has its files"
+        ),
+        metadata={
+            "partitions_missing_files": dg.MetadataValue.json(missing),
+            "partitions_checked": len(materialized),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=trained_model,
+    name=FILES_PRESENT,
+    description="Every materialized partition still has its latest training's files "
+    "(best.pt, last.pt, history.json of each seed); lists the partitions whose files are gone.",
+)
+def trained_model_files_present(
+    context: dg.AssetCheckExecutionContext, data_root: DataRoot
+) -> dg.AssetCheckResult:
+    return _files_present(
+        context.instance, trained_model.key, data_root.paths(), missing_model_files
+    )
+
+
+@dg.asset_check(
+    asset=evaluation_bundle,
+    name=FILES_PRESENT,
+    description="Every materialized partition still has every file of its evaluation bundle "
+    "(each seed's); lists the partitions whose files are gone.",
+)
+def evaluation_bundle_files_present(
+    context: dg.AssetCheckExecutionContext, data_root: DataRoot
+) -> dg.AssetCheckResult:
+    return _files_present(
+        context.instance, evaluation_bundle.key, data_root.paths(), missing_bundle_files
     )
