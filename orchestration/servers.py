@@ -105,9 +105,19 @@ def where_to_look(paths: DataPaths, dagster_home: str) -> str:
     return "\n".join(lines)
 
 
-def start_group(command: list[str], cwd: Path = PROJECT_ROOT) -> subprocess.Popen:
-    """Start `command` as the leader of a new session, so that its children share its group."""
-    return subprocess.Popen(command, cwd=cwd, start_new_session=True)
+# Extra environment per server: MLflow's job runner (a pool of consumer processes for its GenAI
+# jobs, which this platform has none of) would otherwise take memory and CPU beside the UI.
+SERVER_ENV: dict[str, dict[str, str]] = {"mlflow": {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}}
+
+
+def start_group(
+    command: list[str], cwd: Path = PROJECT_ROOT, env: Mapping[str, str] | None = None
+) -> subprocess.Popen:
+    """Start `command` as the leader of a new session, so that its children share its group;
+    `env` is added to this process's environment."""
+    return subprocess.Popen(
+        command, cwd=cwd, start_new_session=True, env={**os.environ, **(env or {})}
+    )
 
 
 def _group_alive(pgid: int) -> bool:
@@ -151,7 +161,7 @@ def run_servers(
     servers: dict[str, subprocess.Popen] = {}
     try:
         for name, command in commands.items():
-            servers[name] = start_group(command)
+            servers[name] = start_group(command, env=SERVER_ENV.get(name))
         home = os.environ["DAGSTER_HOME"]
         print(f"Dagster UI and daemon: http://127.0.0.1:{dagster_port}  (DAGSTER_HOME={home})")
         if url is not None:
