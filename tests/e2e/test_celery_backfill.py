@@ -24,7 +24,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from ml_core.io import load_torch
-from orchestration.defs.partitions import register_variants
+from orchestration.defs.variants import find_variant, record_variants
 from tests.e2e.conftest import (
     REPO_ROOT,
     VENV_BIN,
@@ -211,7 +211,7 @@ def test_backfill_runs_on_two_celery_workers_within_the_training_pool(
         for name, worker in workers.items():
             wait_for_log_line(" ready.", worker, logs / f"{name}.log")
         partitions = [f"{fold}|{model}" for fold in FOLDS for model in MODELS]
-        register_variants(instance, MODELS)
+        record_variants(instance, [find_variant(m) for m in MODELS])  # pamap variants --register
         backfill = subprocess.run(
             [
                 venv_program("dagster"),
@@ -259,7 +259,17 @@ def test_backfill_runs_on_two_celery_workers_within_the_training_pool(
         # workers took steps (whether an evaluation ran beside a training depends on the
         # machine's load, so it is not asserted).
         trainings = _step_intervals(instance, run_ids, "trained_model")
-        assert len(trainings) == len(partitions) + 1  # one retry
+        retries = {
+            r.tags["dagster/partition"]: [
+                str(e.dagster_event.event_specific_data)[:500]
+                for e in instance.all_logs(r.run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY)
+                if e.dagster_event is not None
+            ]
+            for r in runs
+        }
+        assert len(trainings) == len(partitions) + 1, (  # one retry
+            f"{retries}\n" + "\n".join(log_tail(logs / f"{n}.log") for n in WORKERS)
+        )
         assert len(_step_intervals(instance, run_ids, "evaluation_bundle")) == len(partitions)
         assert _max_overlap(trainings) == 1
 

@@ -238,6 +238,7 @@ def test_graph_runs_and_is_recorded_in_postgres(
         "activity_shards": len(ingested),
         "fold_manifests": len(FOLDS),
         "feature_stats": len(FOLDS),
+        "variant_settings": 1,  # recorded by the training, which read no earlier record
         "trained_model": 1,
         "evaluation_bundle": 1,
         "leaderboard": 1,
