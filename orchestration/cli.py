@@ -67,6 +67,7 @@ def _demo(args: argparse.Namespace) -> int:
         demo.settle_runs(os.getpid(), stop.signum)
         raise
     print("\n" + summary.leaderboard)
+    print(summary.served)
     print(summary.timing)
     print("\n" + where_to_look(DataPaths(Path(args.data_root).resolve()), summary.dagster_home))
     return 0

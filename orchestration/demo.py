@@ -26,7 +26,7 @@ from pathlib import Path
 import dagster as dg
 
 from ml_core.data.columns import SUBJECTS
-from ml_core.data.folds import FOLD_NAMES, SPLITS
+from ml_core.data.folds import FOLD_NAMES, SPLITS, test_subject
 from ml_core.evaluation.protocol import EvaluationProtocol, read_latest_training
 from ml_core.models import model_names
 from ml_core.paths import DataPaths
@@ -36,6 +36,9 @@ from orchestration.interrupts import stop_requested
 from orchestration.staleness import PartitionKey, Staleness, observe_raw_files
 
 DEFAULT_DEMO_MODELS: list[str] = ["feature_gbm", "temporal_cnn"]
+# The fold whose model of the chosen variant the demo registers (champion_model's default);
+# a demo without it registers the model of its first fold.
+CHAMPION_SOURCE_FOLD = "holdout-106"
 # Each job's assets in order, each reading the one before.
 INGEST_CHAIN = ("raw_recording", "validated_recording", "imputed_recording", "activity_shards")
 PREPARE_CHAIN = ("fold_manifests", "feature_stats")
@@ -75,11 +78,13 @@ class Progress:
 
 @dataclass(frozen=True)
 class Summary:
-    """What the demo ends with: the leaderboard, where the time went, the instance it used."""
+    """What the demo ends with: the leaderboard, the champion and its timeline, where the time
+    went, the instance it used."""
 
     leaderboard: str
     timing: str
     dagster_home: str
+    served: str = ""  # the champion in the registry and the timeline drawn, or why not
 
 
 @dataclass
@@ -249,6 +254,53 @@ def _trained_under(paths: DataPaths, fold: str, model: str, protocol_id: str) ->
     )
 
 
+def _champion(instance: dg.DagsterInstance) -> dict[str, str] | None:
+    """The registered champion as `champion_model` last recorded it (version, variant, decision,
+    registry link), or None when there is none."""
+    event = instance.get_latest_materialization_event(dg.AssetKey("champion_model"))
+    if event is None or event.asset_materialization is None:
+        return None
+    metadata = event.asset_materialization.metadata
+    values = {k: str(getattr(v, "value", v)) for k, v in metadata.items() if k != "comparison"}
+    return values if values.get("champion_version", "none") != "none" else None
+
+
+def _timeline_subject(paths: DataPaths, source_fold: str) -> int:
+    """The person whose timeline the demo draws: the one the registered model was tested on in
+    its source fold (never trained on), else the first subject with a recording."""
+    subject = test_subject(source_fold)
+    if subject is not None and paths.dat_file("protocol", subject).exists():
+        return subject
+    return next(s for s in SUBJECTS if paths.dat_file("protocol", s).exists())
+
+
+def _served_lines(
+    instance: dg.DagsterInstance,
+    chosen: dict[str, str] | None,
+    folds: Sequence[str],
+    subject: int,
+    plot: Path,
+) -> str:
+    from ml_core.lifecycle.champion import REGISTERED_MODEL
+
+    if chosen is None:
+        event = instance.get_latest_materialization_event(dg.AssetKey("champion_model"))
+        materialization = event.asset_materialization if event is not None else None
+        decision = materialization.metadata.get("decision") if materialization else None
+        why = getattr(decision, "value", "champion_model has not run")
+        if not any(f.startswith("loso-") for f in folds):
+            why += "; the champion is chosen by pooled LOSO macro F1: add a loso-* fold"
+        return f"champion: none registered ({why}), so no timeline was drawn"
+    lines = [
+        f"champion: {REGISTERED_MODEL} version {chosen['champion_version']} "
+        f"(latest decision: {chosen['decision']})",
+        f"  registry : {chosen['registry']}",
+    ]
+    if plot.exists():
+        lines.append(f"  timeline : {plot} (subject {subject}, the champion over every recording)")
+    return "\n".join(lines)
+
+
 def run_demo(
     data_root: Path,
     models: Sequence[str] | None = None,
@@ -267,6 +319,8 @@ def run_demo(
     began = time.perf_counter()
     import mlflow  # noqa: F401  (imported first: it configures its loggers on import)
 
+    # Loading the champion for its timeline would draw MLflow's download progress bar.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for noisy in ("mlflow", "torch._export", "alembic"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     # torch.export's note about LSTM weights when MLflow saves the model; the export works.
@@ -301,8 +355,10 @@ def run_demo(
     training = definitions.resolve_job_def("training_job")
     fold_results = definitions.resolve_job_def("fold_results_job")
     report = definitions.resolve_job_def("report_job")
+    champion = definitions.resolve_job_def("champion_job")
+    serve = definitions.resolve_job_def("serve_job")
 
-    print("1/4 ingest: parse, validate, impute and shard each subject")
+    print("1/5 ingest: parse, validate, impute and shard each subject")
     observe_raw_files(instance, paths)
     staleness = Staleness(instance, definitions)
     ingested = 0
@@ -318,7 +374,7 @@ def run_demo(
             ingested += 1
     _say_if_up_to_date(ingested)
 
-    print("2/4 prepare: fold manifests and train-only feature statistics")
+    print("2/5 prepare: fold manifests and train-only feature statistics")
     staleness = Staleness(instance, definitions)
     prepared = 0
     for fold in folds:
@@ -329,7 +385,7 @@ def run_demo(
             prepared += 1
     _say_if_up_to_date(prepared)
 
-    print(f"3/4 train and evaluate: {', '.join(models)} on {len(folds)} folds")
+    print(f"3/5 train and evaluate: {', '.join(models)} on {len(folds)} folds")
     print(f"  {protocol.describe()}")
     staleness = Staleness(instance, definitions)
     trained = 0
@@ -361,7 +417,7 @@ def run_demo(
                 trained += 1
     _say_if_up_to_date(trained)
 
-    print("4/4 fold results and leaderboard")
+    print("4/5 fold results and leaderboard")
     staleness = Staleness(instance, definitions)
     reported = 0
     for fold in folds:
@@ -375,6 +431,35 @@ def run_demo(
         _run(report, instance, timing, "leaderboard", ["leaderboard"], None, None, progress)
         reported += 1
     _say_if_up_to_date(reported)
+
+    print("5/5 serve: the champion in the MLflow registry and one subject's activity timeline")
+    source_fold = CHAMPION_SOURCE_FOLD if CHAMPION_SOURCE_FOLD in folds else folds[0]
+    served = 0
+    staleness = Staleness(instance, definitions)
+    if reported or _to_redo(staleness, ("champion_model",), None, force):
+        config = {"ops": {"champion_model": {"config": {"source_fold": source_fold}}}}
+        _run(
+            champion,
+            instance,
+            timing,
+            "champion",
+            ["champion_model"],
+            None,
+            QUIET_CONSOLE | config,
+            progress,
+        )
+        served += 1
+    chosen = _champion(instance)
+    subject = _timeline_subject(paths, source_fold)
+    plot = paths.timeline_dir(f"subject_{subject}") / "timeline.png"
+    if chosen is not None:
+        staleness = Staleness(instance, definitions)
+        redo = force or _missing([plot])
+        if _to_redo(staleness, ("activity_timeline",), str(subject), redo):
+            label, assets = f"timeline subject {subject}", ["activity_timeline"]
+            _run(serve, instance, timing, label, assets, str(subject), None, progress)
+            served += 1
+    _say_if_up_to_date(served)
     board = (paths.reports / "leaderboard.md").read_text()
     total = time.perf_counter() - began
     orchestrated = total - synth_s  # wall time of everything but writing the synthetic files
@@ -387,4 +472,5 @@ def run_demo(
             f"({100 * overhead / max(orchestrated, 1e-9):.1f}% of {orchestrated:.1f}s)"
         ),
         dagster_home=str(instance.root_directory),
+        served=_served_lines(instance, chosen, folds, subject, plot),
     )

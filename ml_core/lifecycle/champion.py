@@ -161,6 +161,12 @@ def beats_current(candidate: LeaderboardRow, current_f1: float | None) -> bool:
     return current_f1 is None or candidate.pooled_loso_macro_f1 > current_f1
 
 
+def version_description(row: LeaderboardRow) -> str:
+    """A registered version named by what it is: variant (and model), fold, protocol."""
+    model = f" ({row.model})" if row.model and row.model != row.variant else ""
+    return f"{row.variant}{model} trained on {row.trained_on}, protocol {row.protocol_id}"
+
+
 def promote_champion(
     client: MlflowClient,
     selection: Selection,
@@ -194,6 +200,8 @@ def promote_champion(
         name,
         source=f"runs:/{candidate.run_id}/{SERVING_DIR}",
         run_id=candidate.run_id,
+        # The registry's version list shows this: which variant, trained on which fold.
+        description=version_description(candidate),
         tags={
             FORMAT_TAG: SERVING_FORMAT,
             SHA256_TAG: digest,

@@ -174,12 +174,17 @@ class MlflowTracker:
         """The experiment's runs table in the UI's model-training view (created if missing)."""
         return self._ui_url("")
 
+    def registered_model_url(self, name: str, version: str) -> str:
+        """A registered model version's page in the UI (its Models tab)."""
+        return f"{self._ui_base()}/#/models/{name}/versions/{version}"
+
+    def _ui_base(self) -> str:
+        local = "http://127.0.0.1:5000"
+        return (safe_uri(self.tracking_uri) if not self.is_local_file_store else local).rstrip("/")
+
     def _ui_url(self, route: str) -> str:
         experiment_id = self.experiment_id()
-        base = (
-            safe_uri(self.tracking_uri) if not self.is_local_file_store else "http://127.0.0.1:5000"
-        )
-        return f"{base.rstrip('/')}/#/experiments/{experiment_id}{route}?{MODEL_TRAINING_VIEW}"
+        return f"{self._ui_base()}/#/experiments/{experiment_id}{route}?{MODEL_TRAINING_VIEW}"
 
     @staticmethod
     def log_datasets(datasets: Mapping[str, Dataset]) -> None:

@@ -43,12 +43,13 @@ def champion_model(
     move). With `retrain_on_all`, the registered model is the chosen variant retrained on every
     subject but validation person 105. The metadata shows the decision and why every other
     variant was not chosen."""
-    from ml_core.lifecycle.champion import ChampionGates
+    from ml_core.lifecycle.champion import REGISTERED_MODEL, ChampionGates
     from ml_core.pipeline import choose_champion
 
+    tracker = mlflow.tracker()
     outcome = choose_champion(
         data_root.paths(),
-        mlflow.tracker(),
+        tracker,
         ChampionGates(config.baseline, config.max_ece, config.min_margin),
         source_fold=config.source_fold,
         retrain_on_all=config.retrain_on_all,
@@ -79,7 +80,23 @@ def champion_model(
             if promotion.promoted and selection.champion
             else "none",
             "comparison": table(comparison),
+            **(
+                {
+                    "registry": dg.MetadataValue.url(
+                        tracker.registered_model_url(REGISTERED_MODEL, promotion.champion_version)
+                    )
+                }
+                if promotion.champion_version
+                else {}
+            ),
         },
         # The registry's champion: a new one makes the timelines that run it stale.
         data_version=dg.DataVersion(f"champion-{promotion.champion_version or 'none'}"),
     )
+
+
+champion_job = dg.define_asset_job(
+    "champion_job",
+    selection=dg.AssetSelection.assets(champion_model),
+    description="Choose the champion from the leaderboard and register it in MLflow.",
+)

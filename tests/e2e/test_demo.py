@@ -9,20 +9,24 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from mlflow.tracking import MlflowClient
 
 from ml_core.evaluation.protocol import latest_dirs
+from ml_core.lifecycle.champion import CHAMPION, REGISTERED_MODEL
 from ml_core.paths import PROJECT_ROOT, DataPaths
 from orchestration.code_location import REPOSITORY_LABEL_TAG, repository_label
 from tests.e2e.conftest import venv_program
 from tests.raw_edits import edit_labelled_row
 
-# subjects, folds, fold x model, each fold's results, leaderboard
+# subjects, folds, fold x model, each fold's results, leaderboard, champion, one timeline
 JOB_RUNS = {
     "ingest_job": 9,
     "prepare_job": 2,
     "training_job": 2,
     "fold_results_job": 2,
     "report_job": 1,
+    "champion_job": 1,
+    "serve_job": 1,
 }
 ARGS = ["--scale", "tiny", "--models", "feature_gbm", "--folds", "holdout-106", "loso-109"]
 
@@ -61,6 +65,18 @@ def test_demo_builds_everything_then_redoes_only_what_changed(tmp_path: Path) ->
     assert (paths.reports / "leaderboard.md").exists()
     for fold in ("holdout-106", "loso-109"):
         assert (latest_dirs(paths, fold, "feature_gbm")[1] / "summary_metrics.json").exists()
+    # The serve group is filled: a champion in the registry, drawn over subject 106 (the test
+    # person of the fold whose model is registered), and the demo says where to see both.
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    champion = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
+    assert champion.tags["variant"] == "feature_gbm"
+    assert champion.tags["trained_on"] == "holdout-106"
+    plot = paths.timeline_dir("subject_106") / "timeline.png"
+    assert plot.stat().st_size > 0
+    assert (paths.timeline_dir("subject_106") / "timeline.parquet").exists()
+    assert f"champion: {REGISTERED_MODEL} version {champion.version} " in first
+    assert f"#/models/{REGISTERED_MODEL}/versions/{champion.version}" in first
+    assert f"timeline : {plot} (subject 106" in first
     with dg.DagsterInstance.from_config(str(home)) as instance:
         runs = instance.get_runs()
         # Filed under their jobs as the UI finds a job's runs (job name and the code location's
@@ -79,7 +95,8 @@ def test_demo_builds_everything_then_redoes_only_what_changed(tmp_path: Path) ->
         assert origin is not None and origin.location_name == "orchestration.definitions"
 
     second = _demo(env, data_root)
-    assert second.count("up to date") == 4 and ": 0 runs," in second
+    assert second.count("up to date") == 5 and ": 0 runs," in second
+    assert f"champion: {REGISTERED_MODEL} version {champion.version} " in second
 
     # New content in one file: Dagster reports that subject stale, then the folds built from it.
     edit_labelled_row(paths.dat_file("protocol", 103), field=4, change=0.5)
@@ -96,3 +113,4 @@ def test_demo_builds_everything_then_redoes_only_what_changed(tmp_path: Path) ->
     assert "holdout-106 x feature_gbm" in fourth and "loso-109 x feature_gbm" in fourth
     assert paths.manifest("holdout-106", "train").exists()
     assert (paths.reports / "leaderboard.md").exists()
+    assert "timeline subject 106" in fourth and plot.exists()

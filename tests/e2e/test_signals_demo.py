@@ -80,7 +80,7 @@ def test_a_stopped_demo_cancels_its_run_and_the_next_one_resumes(
 
     # A closed terminal while preparing the fold: ingest resumed after subject 101.
     proc = _start(args, env, log := tmp_path / "2.log")
-    _wait_for_line(proc, log, "2/4 prepare")
+    _wait_for_line(proc, log, "2/5 prepare")
     ran = log.read_text()
     assert "subject 101 " not in ran and "subject 102 " in ran and "subject 104 " in ran
     last = _stop(proc, log, signal.SIGHUP)

@@ -115,6 +115,11 @@ def test_champion_asset_promotes_the_best_gated_model_once(tmp_path: Path) -> No
     client = MlflowClient(uri)
     version = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
     assert version.tags["variant"] == "temporal_cnn"
+    # Named in the registry by variant and fold; the asset links to the version's page.
+    assert version.description == f"temporal_cnn trained on holdout-106, protocol {PROTOCOL['id']}"
+    assert first["registry"] == (
+        f"http://127.0.0.1:5000/#/models/{REGISTERED_MODEL}/versions/{version.version}"
+    )
     # Only the promoted run got a serving program (training exports none).
     for model in ("feature_gbm", "temporal_cnn", "lstm", "early_fusion"):
         run_id = json.loads(
@@ -183,6 +188,9 @@ def test_the_champion_is_a_variant_with_its_own_model(tmp_path: Path) -> None:
     version = MlflowClient(uri).get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
     assert version.tags["variant"] == "tcn_long" and version.tags["model"] == "temporal_cnn"
     assert version.tags["protocol_id"] == longer["id"] and version.run_id == winner
+    assert version.description == (
+        f"tcn_long (temporal_cnn) trained on holdout-106, protocol {longer['id']}"
+    )
 
 
 def test_retrain_on_all_registers_a_model_trained_on_every_subject_but_validation(
@@ -230,6 +238,7 @@ def test_retrain_on_all_registers_a_model_trained_on_every_subject_but_validatio
     client = MlflowClient(uri)
     version = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
     assert version.tags["trained_on"] == DEPLOY_FOLD
+    assert f"trained on {DEPLOY_FOLD}, protocol " in version.description
     params = client.get_run(version.run_id).data.params
     assert params["fold"] == DEPLOY_FOLD and params["seed"] == "3"
     assert params["model"] == "feature_gbm"
