@@ -32,7 +32,12 @@ from ml_core.evaluation.evaluate import (
     read_predictions,
     write_evaluation_bundle,
 )
-from ml_core.evaluation.leaderboard import Result, build_leaderboard, write_leaderboard
+from ml_core.evaluation.leaderboard import (
+    Result,
+    build_leaderboard,
+    leaderboard_tracking,
+    write_leaderboard,
+)
 from ml_core.evaluation.protocol import (
     EvaluationProtocol,
     LegacyProtocolError,
@@ -484,7 +489,10 @@ def build_report(paths: DataPaths, tracker: MlflowTracker | None = None) -> dict
     plot_uri = _png_data_uri(files["plot"])
     url = ""
     if tracker is not None:
+        metrics, params = leaderboard_tracking(board)
         with tracker.run("leaderboard", {"asset": "leaderboard"}) as run_id:
+            tracker.log_params(params)
+            tracker.log_metrics(metrics)
             tracker.log_artifacts(paths.reports, artifact_path="leaderboard")
             url = tracker.run_url(run_id)
     return {

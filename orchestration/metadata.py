@@ -16,10 +16,18 @@ if TYPE_CHECKING:
     import pandera.polars as pa
 
 
+def number(value: float | None, digits: int = 4) -> float | None:
+    """A metric as the UI shows it: `digits` significant digits (0.7059499977415516 reads
+    0.7059), still a number, so Dagster plots it across materializations; NaN reads None."""
+    if value is None or math.isnan(value):
+        return None
+    return float(f"{value:.{digits}g}")
+
+
 def _cell(value: Any) -> str | int | float | bool | None:
     if isinstance(value, float):
         # Four significant digits: readable, and the column still sorts as numbers.
-        return None if math.isnan(value) else float(f"{value:.4g}")
+        return number(value)
     if value is None or isinstance(value, str | int | bool):
         return value
     return str(value)

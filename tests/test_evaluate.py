@@ -25,6 +25,7 @@ from ml_core.evaluation.calibration import (
 from ml_core.evaluation.evaluate import (
     BUNDLE_FILES,
     bundle_files,
+    bundle_headline,
     check_bundle_complete,
     classification_metrics,
     write_evaluation_bundle,
@@ -343,3 +344,52 @@ def test_bundle_rejects_mismatched_inputs(tmp_path: Path) -> None:
             tmp_path, np.zeros(4, dtype=int), probs, PROTOCOL_ACTIVITIES, "t", val_y=np.zeros(4)
         )
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_headline_says_what_macro_f1_is_over_and_whether_calibration_applied(
+    bundle: tuple[Path, dict, np.ndarray], tmp_path: Path
+) -> None:
+    _, summary, y = bundle
+    headline = bundle_headline(summary)
+    assert headline.test == (
+        f"macro F1 {summary['macro_f1']:.3f} over {K} of {K} classes, {len(y):,} test windows"
+    )
+    assert not headline.one_class
+    # The fixture's logits are over-confident by 2.5: the temperature carries between groups.
+    cal = summary["calibration"]
+    assert cal["temperature_applied"] and headline.calibration_applied
+    assert headline.calibration == (
+        f"temperature {cal['temperature']:.3g} applied: "
+        f"test ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}"
+    )
+
+    # Kept at T = 1, ECE "after" differs from "before" by float noise only: said so.
+    rng = np.random.default_rng(5)
+    logits, labels = calibrated(rng, 300, K)
+    kept = write_evaluation_bundle(
+        tmp_path / "kept",
+        labels,
+        softmax(logits),
+        PROTOCOL_ACTIVITIES,
+        "kept",
+        val_logits=logits[:100],
+        val_y=labels[:100],
+        val_groups=np.zeros(100, dtype=np.int64),
+    )
+    noise = kept["calibration"]
+    assert not noise["temperature_applied"]
+    assert noise["ece_after"] == pytest.approx(noise["ece_before"], abs=1e-9)
+    quiet = bundle_headline(kept)
+    assert not quiet.calibration_applied
+    assert quiet.calibration.startswith(f"not applied (test ECE {noise['ece_before']:.4f}): kept")
+
+    # One class (loso-109): macro F1 from a handful of windows is flagged as such.
+    one = write_evaluation_bundle(
+        tmp_path / "one", np.full(11, K - 1), softmax(logits[:11]), PROTOCOL_ACTIVITIES, "109"
+    )
+    flagged = bundle_headline(one)
+    assert flagged.one_class and not flagged.calibration_applied
+    assert flagged.test.startswith(f"macro F1 {one['macro_f1']:.3f} over 1 of {K} classes, 11 ")
+    assert "rope jumping only" in flagged.test and "pooled LOSO" in flagged.test
+    ece = one["calibration"]["ece_before"]
+    assert flagged.calibration == f"not applied (test ECE {ece:.4f}): no validation logits"

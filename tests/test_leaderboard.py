@@ -14,11 +14,15 @@ from sklearn.metrics import f1_score
 
 from ml_core.data.columns import PROTOCOL_ACTIVITIES
 from ml_core.evaluation.leaderboard import (
+    HEADER,
     MISSING,
     Result,
     build_leaderboard,
     holm_adjusted,
     leaderboard_markdown,
+    leaderboard_rows,
+    leaderboard_tracking,
+    missing_folds,
     pooled_loso,
     sweep_summary,
     write_leaderboard,
@@ -418,3 +422,87 @@ def test_collecting_results_refuses_a_bundle_under_a_legacy_protocol(tmp_path: P
     results, refused = collect_results(DataPaths(tmp_path))
     assert results == [] and len(refused) == 1
     assert str(bundle) in refused[0] and "Train and evaluate it again" in refused[0]
+
+
+def test_leaderboard_metrics_and_params_for_mlflow(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from ml_core.lifecycle.tracking import MlflowTracker
+
+    rng = np.random.default_rng(3)
+    swept = "cnn-lr=1e+03"  # a swept variant's name: `=` and `+` are no MLflow metric key
+    results = [
+        *(result("lstm", f, 0.7, rng) for f in LOSO),
+        *(result("temporal_cnn", f, 0.5, rng, variant=swept) for f in LOSO),
+        *(result("lstm", f, 0.6, rng, protocol=OTHER) for f in LOSO[:3]),
+    ]
+    board = build_leaderboard(results)
+    metrics, params = leaderboard_tracking(board)
+    main, other = (section(board, p) for p in (PROTOCOL, OTHER))
+    for variant, key in (("lstm", "lstm"), (swept, "cnn-lr:1e_03")):
+        pooled = next(e for e in main["rows"] if e["variant"] == variant)["pooled_loso"]
+        assert metrics[f"{key}/pooled_loso_macro_f1"] == pooled["macro_f1"]
+        assert metrics[f"{key}/pooled_loso_ci_low"] == pooled["ci_low"]
+        assert metrics[f"{key}/pooled_loso_ci_high"] == pooled["ci_high"]
+    # Another protocol's entries are kept apart by its id.
+    other_lstm = other["rows"][0]["pooled_loso"]["macro_f1"]
+    assert metrics[f"{OTHER.id}/lstm/pooled_loso_macro_f1"] == other_lstm
+    assert len(metrics) == 9
+    assert params["protocol_id"] == PROTOCOL.id and params["protocol_class_set"] == "protocol12"
+    assert params["protocols"] == [PROTOCOL.id, OTHER.id]
+
+    # MLflow accepts every key and value, and its charts read them back.
+    tracker = MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with tracker.run("leaderboard", {"asset": "leaderboard"}) as run_id:
+        tracker.log_params(params)
+        tracker.log_metrics(metrics)
+    run = MlflowClient(tracker.tracking_uri).get_run(run_id)
+    assert run.data.metrics == pytest.approx(metrics)
+    assert run.data.params["protocol_window"] == str(PROTOCOL.window)
+
+
+def test_leaderboard_rows_are_the_markdown_table_with_numbers_to_sort() -> None:
+    rng = np.random.default_rng(4)
+    results = [
+        *(result("lstm", f, 0.8, rng) for f in LOSO),
+        *(result("temporal_cnn", f, 0.5, rng) for f in LOSO[:4]),
+        *(result("lstm", f, 0.6, rng, protocol=OTHER) for f in LOSO[:3]),
+    ]
+    board = build_leaderboard(results)
+    rows = leaderboard_rows(board)
+    assert [(r["protocol"], r["variant"], r["rank"]) for r in rows] == [
+        (PROTOCOL.id, "lstm", 1),
+        (PROTOCOL.id, "temporal_cnn", None),
+        (OTHER.id, "lstm", 1),
+    ]
+    assert list(rows[0])[:5] == ["protocol", "rank", "variant", "model", "pooled LOSO macro F1"]
+    best = entry(board, "lstm")["pooled_loso"]
+    assert rows[0]["pooled LOSO macro F1"] == best["macro_f1"]
+    # The other columns are the markdown file's cells, word for word.
+    text = leaderboard_markdown(board, "t")
+    for row in rows:
+        cells = [str(row[h]) if h != "rank" else str(row[h] or MISSING) for h in HEADER]
+        assert "| " + " | ".join(cells) + " |" in text
+    assert rows[1]["status"].startswith("incomplete: no loso-105")
+
+
+def test_missing_folds_names_what_each_variant_lacks_of_its_protocol() -> None:
+    rng = np.random.default_rng(6)
+    protocol11 = EvaluationProtocol(256, 128, 1, "protocol11")  # no rope jumping: no loso-109
+    results = [
+        *(result("lstm", f, 0.8, rng) for f in ALL_FOLDS),
+        *(result("temporal_cnn", f, 0.5, rng) for f in ["holdout-106", *LOSO[:2]]),
+        *(result("lstm", f, 0.6, rng, protocol=protocol11) for f in ALL_FOLDS[:-1]),
+        *(result("gru", f, 0.6, rng, protocol=OTHER) for f in LOSO[:3]),
+    ]
+    board = build_leaderboard(results)
+    gaps = {(g["protocol"], g["variant"]): g for g in missing_folds(board)}
+    # lstm has all 11 folds; under protocol11 all 10 it can have.
+    assert set(gaps) == {(PROTOCOL.id, "temporal_cnn"), (OTHER.id, "gru")}
+    unranked = gaps[(PROTOCOL.id, "temporal_cnn")]
+    assert unranked["rank"] is None
+    assert unranked["missing_folds"] == ["stratified", *LOSO[2:]]
+    # Ranked (it has every fold any entry of its protocol has) yet incomplete: named too.
+    ranked = gaps[(OTHER.id, "gru")]
+    assert ranked["rank"] == 1
+    assert ranked["missing_folds"] == ["stratified", "holdout-106", *LOSO[3:-1]]  # protocol11

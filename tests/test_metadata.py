@@ -10,7 +10,7 @@ import dagster as dg
 from ml_core.data.ingest import TABLE_COLUMNS
 from ml_core.data.schema import RECORDING_SCHEMA
 from orchestration.definitions import defs as load_defs
-from orchestration.metadata import column_schema, table
+from orchestration.metadata import column_schema, number, table
 
 TABLE_ASSETS = ("raw_recording", "validated_recording", "imputed_recording", "activity_shards")
 
@@ -61,3 +61,17 @@ def test_every_table_asset_shows_its_column_schema() -> None:
     expected = column_schema(RECORDING_SCHEMA)
     for asset in TABLE_ASSETS:
         assert graph.get(dg.AssetKey(asset)).metadata["dagster/column_schema"] == expected, asset
+
+
+def test_metric_numbers_are_rounded_and_stay_numbers() -> None:
+    assert number(0.7059499977415516) == 0.7059
+    assert number(0.00012345678) == 0.0001235
+    assert number(12.0) == 12.0 and number(math.nan) is None and number(None) is None
+
+
+def test_training_descriptions_say_that_materializing_all_trains_everything() -> None:
+    graph = load_defs().resolve_asset_graph()
+    for asset in ("trained_model", "evaluation_bundle"):
+        description = graph.get(dg.AssetKey(asset)).description or ""
+        assert "pamap demo" in description and "two models" in description, asset
+        assert "trains every missing" in description or "training for each missing" in description

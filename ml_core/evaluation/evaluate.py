@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -463,3 +464,47 @@ def check_bundle_complete(out_dir: Path) -> tuple[bool, list[str]]:
     """(complete, names of missing files) for the bundle in `out_dir`."""
     missing = [p.name for p in bundle_files(out_dir) if not p.is_file()]
     return not missing, missing
+
+
+# ECE before and after a temperature of 1 differ by rounding alone (softmax(log p) is p).
+_FLOAT_NOISE = 1e-9
+
+
+@dataclass(frozen=True)
+class BundleHeadline:
+    """What a bundle's summary says at a glance, in words a UI can show beside its numbers."""
+
+    test: str  # macro F1 with the classes and windows it is over
+    calibration: str  # ECE before -> after, or that no temperature was applied
+    calibration_applied: bool
+    one_class: bool  # the test labels hold one class: macro F1 says little
+
+
+def bundle_headline(summary: dict[str, Any]) -> BundleHeadline:
+    """The headline of an evaluation summary (`write_evaluation_bundle`'s): macro F1 beside the
+    number of classes and windows it is over (a one-class fold such as loso-109 reads 1.0 from
+    a handful of windows), and calibration, which reads "not applied" where the temperature
+    was not applied or ECE before and after differ by float noise only."""
+    present, k, n = summary["n_classes_present"], summary["n_classes"], summary["n_test"]
+    one_class = present == 1
+    test = f"macro F1 {summary['macro_f1']:.3f} over {present} of {k} classes, {n:,} test windows"
+    if one_class:
+        test += (
+            f" ({summary['classes_present'][0]} only: compare variants on the leaderboard's "
+            "pooled LOSO instead)"
+        )
+    cal = summary["calibration"]
+    before, after = cal["ece_before"], cal.get("ece_after")
+    applied = (
+        bool(cal.get("temperature_applied"))
+        and after is not None
+        and abs(after - before) > _FLOAT_NOISE
+    )
+    if applied:
+        calibration = (
+            f"temperature {cal['temperature']:.3g} applied: test ECE {before:.4f} -> {after:.4f}"
+        )
+    else:
+        why = cal.get("temperature_note") or "no validation logits"
+        calibration = f"not applied (test ECE {before:.4f}): {why}"
+    return BundleHeadline(test, calibration, applied, one_class)

@@ -36,9 +36,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.stats import wilcoxon
 
+from ml_core.data.columns import CLASS_SETS
 from ml_core.data.folds import FOLD_NAMES
 from ml_core.evaluation.metrics import confusion_counts, macro_f1_from_confusion
-from ml_core.evaluation.protocol import EvaluationProtocol
+from ml_core.evaluation.protocol import PARAM_PREFIX, EvaluationProtocol
 from ml_core.io import atomic_path, write_json, write_text
 
 LOSO_PREFIX = "loso-"
@@ -442,6 +443,26 @@ HEADER = [
 ]
 
 
+def leaderboard_rows(board: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every entry of every protocol section as one row of the markdown table's columns (rank
+    as a number, pooled LOSO macro F1 as a number beside its text with the CI), the protocol
+    id first: the leaderboard as a table a UI shows inline and sorts."""
+    rows = []
+    for section in board["protocols"]:
+        for e in section["rows"]:
+            cells = dict(zip(HEADER, _cells(e, section["reference_folds"]), strict=True))
+            pooled = e["pooled_loso"]
+            first = {
+                "protocol": section["protocol"]["id"],
+                "rank": e["rank"],
+                "variant": e["variant"],
+                "model": e["model"],
+                "pooled LOSO macro F1": None if pooled is None else pooled["macro_f1"],
+            }
+            rows.append(first | {k: v for k, v in cells.items() if k not in first})
+    return rows
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
         "| " + " | ".join(r) + " |" for r in rows
@@ -642,3 +663,65 @@ def write_leaderboard(board: dict[str, Any], out_dir: Path, title: str) -> dict[
         pid = section["protocol"]["id"]
         files[f"plot_{pid}"] = leaderboard_plot(section, out_dir / f"leaderboard_{pid}.png", title)
     return files
+
+
+def protocol_folds(class_set: str) -> list[str]:
+    """Every fold a variant is evaluated on under a protocol of `class_set`: all of them, but
+    loso-109 where the class set has no rope jumping (subject 109's only activity)."""
+    rope_jumping = 24
+    if rope_jumping in CLASS_SETS[class_set]:
+        return list(FOLD_NAMES)
+    return [f for f in FOLD_NAMES if f not in LOSO_APART]
+
+
+def missing_folds(board: dict[str, Any]) -> list[dict[str, Any]]:
+    """The entries not evaluated on every fold of their protocol (`protocol_folds`), ranked ones
+    included (an entry is ranked when it has every fold some entry of its protocol has, which
+    a leaderboard of a partial run satisfies): protocol, variant, rank and the missing folds."""
+    gaps = []
+    for section in board["protocols"]:
+        expected = protocol_folds(section["protocol"]["class_set"])
+        for e in section["rows"]:
+            absent = [f for f in expected if f not in e["per_fold"]]
+            if absent:
+                gaps.append(
+                    {
+                        "protocol": section["protocol"]["id"],
+                        "variant": e["variant"],
+                        "rank": e["rank"],
+                        "missing_folds": absent,
+                    }
+                )
+    return gaps
+
+
+def _tracking_key(text: str) -> str:
+    """`text` as an MLflow metric key: a swept variant's `=` becomes `:` and `+` (in a number
+    such as 1e+03) `_`, the two characters of a variant name that MLflow refuses."""
+    return text.replace("=", ":").replace("+", "_")
+
+
+def leaderboard_tracking(board: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+    """The leaderboard as MLflow metrics and params, so its runs chart against each other.
+
+    Metrics: each variant's pooled LOSO macro F1 and its CI bounds,
+    `<variant>/pooled_loso_macro_f1`, `<variant>/pooled_loso_ci_low`,
+    `<variant>/pooled_loso_ci_high`, for the main (first) protocol section; the other sections'
+    keys start with `<protocol id>/`. Params: the main protocol (`protocol_*`) and the ids of
+    every section (`protocols`)."""
+    sections = board["protocols"]
+    metrics: dict[str, float] = {}
+    for i, section in enumerate(sections):
+        prefix = "" if i == 0 else f"{section['protocol']['id']}/"
+        for e in section["rows"]:
+            pooled = e["pooled_loso"]
+            if pooled is None:
+                continue
+            key = _tracking_key(f"{prefix}{e['variant']}")
+            metrics[f"{key}/pooled_loso_macro_f1"] = pooled["macro_f1"]
+            metrics[f"{key}/pooled_loso_ci_low"] = pooled["ci_low"]
+            metrics[f"{key}/pooled_loso_ci_high"] = pooled["ci_high"]
+    params: dict[str, Any] = {"protocols": [s["protocol"]["id"] for s in sections]}
+    if sections:  # recorded as EvaluationProtocol.to_dict: logged as a training run logs it
+        params |= {f"{PARAM_PREFIX}{k}": v for k, v in sections[0]["protocol"].items()}
+    return metrics, params

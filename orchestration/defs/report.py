@@ -54,6 +54,16 @@ def fold_results(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.M
     deps=[dg.AssetDep(fold_results, partition_mapping=dg.AllPartitionMapping())],
     code_version=CODE_VERSIONS["leaderboard"],
     automation_condition=REPORT_FLOW,
+    check_specs=[
+        dg.AssetCheckSpec(
+            "every_fold_present",
+            asset="leaderboard",
+            description="Every ranked variant was evaluated on every fold of its protocol (all "
+            "11, or 10 for a class set without rope jumping). A warning names the missing folds: "
+            "the leaderboard ranks variants on the folds they share, so a partial run (a demo "
+            "on some folds) still ranks them.",
+        )
+    ],
 )
 def leaderboard(data_root: DataRoot, mlflow: MlflowTracking) -> dg.MaterializeResult:
     """Every evaluated variant side by side, one section per protocol: pooled LOSO macro F1
@@ -61,13 +71,34 @@ def leaderboard(data_root: DataRoot, mlflow: MlflowTracking) -> dg.MaterializeRe
     summary names each model's best complete variant with its settings. Written as markdown,
     JSON and a plot, and logged to MLflow."""
     from ml_core import pipeline  # torch and MLflow: only when this step runs
-    from ml_core.evaluation.leaderboard import sweep_summary_lines
+    from ml_core.evaluation.leaderboard import leaderboard_rows, missing_folds, sweep_summary_lines
 
     result = pipeline.build_report(data_root.paths(), tracker=mlflow.tracker())
     sweep = result["board"]["sweep_summary"]
+    gaps = missing_folds(result["board"])
+    ranked_gaps = [g for g in gaps if g["rank"] is not None]
+    check = dg.AssetCheckResult(
+        check_name="every_fold_present",
+        passed=not ranked_gaps,
+        severity=dg.AssetCheckSeverity.WARN,
+        description="; ".join(
+            f"{g['variant']} ({g['protocol']}) has no {', '.join(g['missing_folds'])}"
+            for g in ranked_gaps
+        )
+        or "every ranked variant has every fold",
+        metadata={
+            "missing": table(
+                [g | {"missing_folds": ", ".join(g["missing_folds"])} for g in gaps],
+                columns=["protocol", "variant", "rank", "missing_folds"],
+            )
+        },
+    )
     return dg.MaterializeResult(
         metadata={
-            "leaderboard": dg.MetadataValue.md(result["markdown"]),
+            # A table is shown inline on the asset page; markdown over 1,000 characters only
+            # behind a "[Show Markdown]" button.
+            "leaderboard": table(leaderboard_rows(result["board"])),
+            "leaderboard_markdown": dg.MetadataValue.md(result["markdown"]),
             "sweep_summary": dg.MetadataValue.md(
                 "\n".join(sweep_summary_lines(sweep)) if sweep else "_no complete LOSO entry yet_"
             ),
@@ -75,9 +106,10 @@ def leaderboard(data_root: DataRoot, mlflow: MlflowTracking) -> dg.MaterializeRe
                 {s["model"] + "/" + s["class_set"]: s["best_variant"] for s in sweep}
             ),
             "evaluated_fold_models": result["n_records"],
-            "plot": dg.MetadataValue.md(f"![leaderboard]({result['plot_data_uri']})"),
+            "plot (image)": dg.MetadataValue.md(f"![leaderboard]({result['plot_data_uri']})"),
             "folder": dg.MetadataValue.path(result["folder"]),
             "mlflow_run": dg.MetadataValue.url(result["mlflow_url"]),
         },
         data_version=files_version([Path(result["folder"]) / "leaderboard.json"], result["folder"]),
+        check_results=[check],
     )

@@ -33,7 +33,7 @@ def _metadata(report: dict) -> dict[str, dg.MetadataValue | float | int | str | 
         "model": report["model"],
         "protocol": report["protocol"],
         "predictions": dg.MetadataValue.path(report["parquet"]),
-        "timeline": png_markdown(report["plot"], "timeline"),
+        "timeline (image)": png_markdown(report["plot"], "timeline"),
     }
 
 

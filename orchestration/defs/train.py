@@ -30,7 +30,7 @@ from orchestration.defs.variants import (
     variant_settings,
     variant_settings_events,
 )
-from orchestration.metadata import files_version, png_markdown, raise_blocked, table
+from orchestration.metadata import files_version, number, png_markdown, raise_blocked, table
 
 TRAINING_POOL = "training"
 
@@ -121,7 +121,12 @@ def trained_model(
     run per seed tagged with the variant. The variant's settings decide the result; the run
     config only where and how it runs. Another protocol (window, stride, rate, class set) is
     stored beside, never over; training settings are recorded with the result. A retry resumes
-    from `last.pt`."""
+    from `last.pt`.
+
+    Partly filled is normal: `pamap demo` trains two models (`feature_gbm`, `temporal_cnn`) of
+    the 11 folds x every variant, so most partitions stay missing. "Materialize all" (or a
+    backfill of every partition) starts a training for each missing fold x variant: pick
+    partitions, or run `pamap demo --models ...`, to train only some."""
     from ml_core import pipeline
 
     fold, name = fold_and_variant(context)
@@ -190,13 +195,13 @@ def trained_model(
             "protocol_id": summary["protocol"]["id"],
             "protocol": summary["protocol"]["description"],
             "seeds": str(summary["seeds"]),
-            "val_macro_f1": summary["best_val_macro_f1"],
-            "val_accuracy": summary["val_accuracy"],
-            "majority_baseline_accuracy": summary["majority_baseline_accuracy"],
+            "val_macro_f1": number(summary["best_val_macro_f1"]),
+            "val_accuracy": number(summary["val_accuracy"]),
+            "majority_baseline_accuracy": number(summary["majority_baseline_accuracy"]),
             "epochs": summary["epochs"],
             "stopped_early": summary["stopped_early"],
             "train_windows": summary["train_windows"],
-            "train_seconds": summary["seconds"],
+            "train_seconds": round(summary["seconds"], 1),
             "history": table(history_rows),
             "checkpoint": dg.MetadataValue.path(summary["best_path"]),
             "mlflow_run": dg.MetadataValue.url(summary["mlflow_url"]),
@@ -222,8 +227,8 @@ def trained_model(
                 severity=dg.AssetCheckSeverity.WARN,
                 passed=summary["val_accuracy"] > summary["majority_baseline_accuracy"],
                 metadata={
-                    "val_accuracy": summary["val_accuracy"],
-                    "majority_baseline_accuracy": summary["majority_baseline_accuracy"],
+                    "val_accuracy": number(summary["val_accuracy"]),
+                    "majority_baseline_accuracy": number(summary["majority_baseline_accuracy"]),
                 },
             )
         ],
@@ -255,8 +260,15 @@ def evaluation_bundle(
     confusion matrix, ROC and PR curves, and a reliability diagram with expected calibration
     error before and after temperature scaling (chosen on validation, applied only when it
     carries from one validation person to the other; the notes say which). Logged to the model's
-    MLflow run. Written to `data/evaluation/<fold>/<variant>/<protocol id>/seed-<seed>/`."""
+    MLflow run. Written to `data/evaluation/<fold>/<variant>/<protocol id>/seed-<seed>/`.
+
+    Each partition's headline gives macro F1 with the number of test classes and windows it is
+    over: a one-class fold (loso-109: rope jumping only) reads 1.0 from a few windows; compare
+    variants by the leaderboard's pooled LOSO. Like `trained_model`, most partitions stay
+    missing after `pamap demo` (two models); materializing all of them trains every missing
+    fold x variant first."""
     from ml_core import pipeline
+    from ml_core.evaluation.evaluate import bundle_headline
 
     fold, name = fold_and_variant(context)
     result = pipeline.evaluate_fold_model(
@@ -267,6 +279,7 @@ def evaluation_bundle(
         tags=_run_tags(context, fold, name, mlflow),
     )
     summary = result["summary"]
+    headline = bundle_headline(summary)
     for note in result["notes"]:
         context.log.info(f"{fold}/{name}: {note}")
     missing = [f"seed-{r['seed']}/{f}" for r in result["per_seed"] for f in r["missing_files"]]
@@ -285,19 +298,29 @@ def evaluation_bundle(
             "protocol_id": result["protocol"]["id"],
             "protocol": result["protocol"]["description"],
             "seeds": str(result["seeds"]),
-            "test_macro_f1": summary["macro_f1"],
-            "test_accuracy": summary["accuracy"],
-            "test_balanced_accuracy": summary["balanced_accuracy"],
+            "headline": headline.test,
+            "test_macro_f1": number(summary["macro_f1"]),
+            "test_classes": f"{summary['n_classes_present']} of {summary['n_classes']}",
             "test_windows": summary["n_test"],
-            "ece_before": result["ece_before"],
-            "ece_after": result["ece_after"],
-            "nll_before": result["nll_before"],
-            "nll_after": result["nll_after"],
-            "temperature": result["temperature"],
+            "test_accuracy": number(summary["accuracy"]),
+            "test_balanced_accuracy": number(summary["balanced_accuracy"]),
+            "calibration": headline.calibration,
+            "ece_before": number(result["ece_before"]),
+            "nll_before": number(result["nll_before"]),
+            # Without a temperature, "after" repeats "before" up to float noise.
+            **(
+                {
+                    "ece_after": number(result["ece_after"]),
+                    "nll_after": number(result["nll_after"]),
+                    "temperature": number(result["temperature"]),
+                }
+                if headline.calibration_applied
+                else {}
+            ),
             "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in result["notes"]) or "_none_"),
             "confusion_matrix": table(result["confusion_rows"]),
             **{
-                key: png_markdown(Path(result["folder"]) / file, title)
+                f"{key} (image)": png_markdown(Path(result["folder"]) / file, title)
                 for key, file, title in _BUNDLE_PLOTS
             },
             "folder": dg.MetadataValue.path(result["folder"]),

@@ -12,6 +12,7 @@ import dagster as dg
 import pytest
 from mlflow.tracking import MlflowClient
 
+from ml_core.data.folds import FOLD_NAMES
 from ml_core.evaluation.evaluate import BUNDLE_FILES
 from ml_core.evaluation.protocol import latest_dirs
 from ml_core.io import load_torch
@@ -160,7 +161,7 @@ def test_dagster_and_mlflow_runs_link_to_each_other(
 def test_leaderboard_lists_every_trained_model(
     trained: tuple[DataPaths, str, dg.DagsterInstance],
 ) -> None:
-    paths, _, _ = trained
+    paths, tracking_uri, instance = trained
     board = json.loads((paths.reports / "leaderboard.json").read_text())
     (section,) = board["protocols"]
     models = {row["variant"]: row["model"] for row in section["rows"]}
@@ -168,6 +169,43 @@ def test_leaderboard_lists_every_trained_model(
     markdown = (paths.reports / "leaderboard.md").read_text()
     assert "synthetic" in markdown and "holdout-106" in markdown
     assert section["protocol"]["description"] in markdown
+    # The leaderboard's MLflow run records the protocol it ranks under (no LOSO fold was
+    # trained here, so there is no pooled LOSO metric to log).
+    client = MlflowClient(tracking_uri=tracking_uri)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("pamap2").experiment_id],  # type: ignore[union-attr]
+        filter_string="tags.asset = 'leaderboard'",
+    )
+    assert run.data.params["protocol_id"] == section["protocol"]["id"]
+    assert json.loads(run.data.params["protocols"]) == [section["protocol"]["id"]]
+    assert not any(key.endswith("pooled_loso_macro_f1") for key in run.data.metrics)
+    # The asset page shows the table inline (a table, not markdown behind a button), and says
+    # which entries open an image.
+    event = instance.get_latest_materialization_event(dg.AssetKey("leaderboard"))
+    assert event is not None and event.asset_materialization is not None
+    metadata = event.asset_materialization.metadata
+    assert list(metadata)[0] == "leaderboard"
+    shown = metadata["leaderboard"]
+    assert isinstance(shown, dg.TableMetadataValue)
+    assert {r.data["variant"] for r in shown.records} == set(models)
+    assert "plot (image)" in metadata and "plot" not in metadata
+    # Only holdout-106 was trained: every variant is ranked (they share that fold), and the
+    # check warns that each lacks the other ten folds, naming them.
+    [evaluation] = [
+        record.event_log_entry.dagster_event.event_specific_data  # type: ignore[union-attr]
+        for record in instance.event_log_storage.get_event_records(
+            dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        )
+        if record.event_log_entry.dagster_event.event_specific_data.asset_key  # type: ignore[union-attr]
+        == dg.AssetKey("leaderboard")
+    ]
+    assert evaluation.check_name == "every_fold_present" and not evaluation.passed
+    assert evaluation.severity == dg.AssetCheckSeverity.WARN
+    others = ", ".join(f for f in FOLD_NAMES if f != FOLD)
+    for variant in models:
+        assert f"{variant} ({section['protocol']['id']}) has no {others}" in str(
+            evaluation.description
+        )
 
 
 def test_every_result_records_its_protocol(
@@ -277,3 +315,37 @@ def test_a_file_variant_trains_with_its_settings_into_its_own_folders(
     assert run.data.params["variant"] == VARIANT and run.data.params["model"] == "feature_gbm"
     assert json.loads(run.data.params["variant_settings"])["m.max_iter"] == 3
     assert "test_macro_f1" in run.data.metrics
+
+
+def test_headline_metadata_is_rounded_and_says_what_it_is_over(
+    trained: tuple[DataPaths, str, dg.DagsterInstance],
+) -> None:
+    paths, _, instance = trained
+    key = dg.MultiPartitionKey({"fold": FOLD, "model": "temporal_cnn"})
+    records = {}
+    for asset in ("trained_model", "evaluation_bundle"):
+        (record,) = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[str(key)]),
+            limit=1,
+        ).records
+        assert record.asset_materialization is not None
+        records[asset] = {k: v.value for k, v in record.asset_materialization.metadata.items()}
+    bundle = latest_dirs(paths, FOLD, "temporal_cnn")[1]
+    summary = json.loads((bundle / "summary_metrics.json").read_text())
+    shown = records["evaluation_bundle"]
+    # Four significant digits, not sixteen.
+    assert shown["test_macro_f1"] == float(f"{summary['macro_f1']:.4g}")
+    history = json.loads((latest_dirs(paths, FOLD, "temporal_cnn")[0] / "history.json").read_text())
+    assert records["trained_model"]["val_macro_f1"] == float(f"{history['best_metric']:.4g}")
+    # Macro F1 beside the classes and windows it is over.
+    classes = f"{summary['n_classes_present']} of {summary['n_classes']}"
+    assert shown["test_classes"] == classes and shown["test_windows"] == summary["n_test"]
+    assert f"over {classes} classes, {summary['n_test']:,} test windows" in str(shown["headline"])
+    calibration = summary["calibration"]
+    if calibration["temperature_applied"]:
+        assert str(shown["calibration"]).startswith("temperature ")
+        assert shown["ece_after"] == float(f"{calibration['ece_after']:.4g}")
+    else:  # "after" would repeat "before" up to float noise
+        assert str(shown["calibration"]).startswith("not applied")
+        assert "ece_after" not in shown and "temperature" not in shown
+    assert {f"{p}_plot (image)" for p in ("confusion", "roc", "pr", "reliability")} <= set(shown)
