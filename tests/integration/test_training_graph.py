@@ -321,7 +321,7 @@ def test_headline_metadata_is_rounded_and_says_what_it_is_over(
     trained: tuple[DataPaths, str, dg.DagsterInstance],
 ) -> None:
     paths, _, instance = trained
-    key = dg.MultiPartitionKey({"fold": FOLD, "model": "temporal_cnn"})
+    key = dg.MultiPartitionKey({"fold": FOLD, "model": "tcn"})
     records = {}
     for asset in ("trained_model", "evaluation_bundle"):
         (record,) = instance.fetch_materializations(
@@ -330,12 +330,12 @@ def test_headline_metadata_is_rounded_and_says_what_it_is_over(
         ).records
         assert record.asset_materialization is not None
         records[asset] = {k: v.value for k, v in record.asset_materialization.metadata.items()}
-    bundle = latest_dirs(paths, FOLD, "temporal_cnn")[1]
+    bundle = latest_dirs(paths, FOLD, "tcn")[1]
     summary = json.loads((bundle / "summary_metrics.json").read_text())
     shown = records["evaluation_bundle"]
     # Four significant digits, not sixteen.
     assert shown["test_macro_f1"] == float(f"{summary['macro_f1']:.4g}")
-    history = json.loads((latest_dirs(paths, FOLD, "temporal_cnn")[0] / "history.json").read_text())
+    history = json.loads((latest_dirs(paths, FOLD, "tcn")[0] / "history.json").read_text())
     assert records["trained_model"]["val_macro_f1"] == float(f"{history['best_metric']:.4g}")
     # Macro F1 beside the classes and windows it is over.
     classes = f"{summary['n_classes_present']} of {summary['n_classes']}"
