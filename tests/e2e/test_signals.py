@@ -6,6 +6,7 @@ subprocess receives SIGTERM or SIGHUP. The command must end within seconds with 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -119,9 +120,13 @@ def test_pamap_ui_stops_both_servers_and_their_children(
         job_runners = [pid for pid in children if b"mlflow.server.jobs" in _cmdline(pid)]
         assert not job_runners, [_cmdline(pid) for pid in job_runners]
         last = _stop(proc, log, signum)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    except BaseException:
+        # The servers run in process groups of their own: a failure before `pamap ui` stopped
+        # them must end them too, or they hold their ports and CPU for the rest of the session.
+        for pid in _alive(_descendants(proc.pid) | {proc.pid}):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        raise
     assert last.startswith(f"pamap ui stopped by {signum.name}: both servers"), last
     for port in (dagster_port, mlflow_port):
         with pytest.raises(OSError):
