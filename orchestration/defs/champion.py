@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from orchestration.code_versions import CODE_VERSIONS
+from orchestration.code_versions import code_version
 from orchestration.defs.automation import REPORT_FLOW
 from orchestration.defs.report import leaderboard
 from orchestration.defs.resources import DataRoot, MlflowTracking
@@ -25,7 +25,7 @@ class ChampionConfig(dg.Config):
     group_name="report",
     kinds={"mlflow"},
     deps=[leaderboard],
-    code_version=CODE_VERSIONS["champion_model"],
+    code_version=code_version(__file__, "champion_model"),
     automation_condition=REPORT_FLOW,
 )
 def champion_model(

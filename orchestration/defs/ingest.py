@@ -8,7 +8,7 @@ from ml_core.data import pipeline as data_pipeline
 from ml_core.data.raw_files import raw_file_fingerprints, subject_fingerprint, subject_of
 from ml_core.data.schema import RECORDING_SCHEMA
 from ml_core.paths import DataPaths
-from orchestration.code_versions import CODE_VERSIONS
+from orchestration.code_versions import code_version
 from orchestration.defs.automation import DATA_FLOW
 from orchestration.defs.partitions import subject_partitions
 from orchestration.defs.resources import DataRoot
@@ -100,7 +100,7 @@ def raw_files_sensor(
     group_name="ingest",
     kinds={"polars", "parquet"},
     deps=[raw_files],
-    code_version=CODE_VERSIONS["raw_recording"],
+    code_version=code_version(__file__, "raw_recording"),
     metadata={"dagster/column_schema": RECORDING_COLUMNS},
     automation_condition=DATA_FLOW,
 )
@@ -126,7 +126,7 @@ def raw_recording(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.
     group_name="ingest",
     kinds={"pandera", "parquet"},
     deps=[raw_recording],
-    code_version=CODE_VERSIONS["validated_recording"],
+    code_version=code_version(__file__, "validated_recording"),
     metadata={"dagster/column_schema": RECORDING_COLUMNS},
     automation_condition=DATA_FLOW,
     check_specs=[
@@ -181,7 +181,7 @@ def validated_recording(
     group_name="ingest",
     kinds={"polars", "parquet"},
     deps=[validated_recording],
-    code_version=CODE_VERSIONS["imputed_recording"],
+    code_version=code_version(__file__, "imputed_recording"),
     metadata={"dagster/column_schema": RECORDING_COLUMNS},
     automation_condition=DATA_FLOW,
 )

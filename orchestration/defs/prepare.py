@@ -7,7 +7,7 @@ import dagster as dg
 from ml_core.data import pipeline as data_pipeline
 from ml_core.data.folds import SPLITS
 from ml_core.data.shards import INDEX_NAME
-from orchestration.code_versions import CODE_VERSIONS
+from orchestration.code_versions import code_version
 from orchestration.defs.automation import DATA_FLOW
 from orchestration.defs.ingest import RECORDING_COLUMNS, imputed_recording
 from orchestration.defs.partitions import fold_partitions, subject_partitions
@@ -26,7 +26,7 @@ class FoldConfig(dg.Config):
     group_name="prepare",
     kinds={"parquet", "pytorch"},
     deps=[imputed_recording],
-    code_version=CODE_VERSIONS["activity_shards"],
+    code_version=code_version(__file__, "activity_shards"),
     metadata={"dagster/column_schema": RECORDING_COLUMNS},
     automation_condition=DATA_FLOW,
     check_specs=[
@@ -83,7 +83,7 @@ def activity_shards(
     group_name="prepare",
     kinds={"text"},
     deps=[dg.AssetDep(activity_shards, partition_mapping=dg.AllPartitionMapping())],
-    code_version=CODE_VERSIONS["fold_manifests"],
+    code_version=code_version(__file__, "fold_manifests"),
     automation_condition=DATA_FLOW,
     check_specs=[
         dg.AssetCheckSpec(
@@ -150,7 +150,7 @@ def fold_manifests(
         # It reads the tensor shards of the fold's train ranges.
         dg.AssetDep(activity_shards, partition_mapping=dg.AllPartitionMapping()),
     ],
-    code_version=CODE_VERSIONS["feature_stats"],
+    code_version=code_version(__file__, "feature_stats"),
     automation_condition=DATA_FLOW,
 )
 def feature_stats(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.MaterializeResult:

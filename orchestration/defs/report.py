@@ -4,7 +4,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from orchestration.code_versions import CODE_VERSIONS
+from orchestration.code_versions import code_version
 from orchestration.defs.automation import REPORT_FLOW
 from orchestration.defs.partitions import fold_partitions
 from orchestration.defs.resources import DataRoot, MlflowTracking
@@ -27,7 +27,7 @@ from orchestration.metadata import files_version, table
             ),
         )
     ],
-    code_version=CODE_VERSIONS["fold_results"],
+    code_version=code_version(__file__, "fold_results"),
     automation_condition=REPORT_FLOW,
 )
 def fold_results(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.MaterializeResult:
@@ -52,7 +52,7 @@ def fold_results(context: dg.AssetExecutionContext, data_root: DataRoot) -> dg.M
     group_name="report",
     kinds={"markdown", "mlflow"},
     deps=[dg.AssetDep(fold_results, partition_mapping=dg.AllPartitionMapping())],
-    code_version=CODE_VERSIONS["leaderboard"],
+    code_version=code_version(__file__, "leaderboard"),
     automation_condition=REPORT_FLOW,
     check_specs=[
         dg.AssetCheckSpec(

@@ -5,7 +5,7 @@ from typing import Literal
 
 import dagster as dg
 
-from orchestration.code_versions import CODE_VERSIONS
+from orchestration.code_versions import code_version
 from orchestration.defs.champion import champion_model
 from orchestration.defs.ingest import raw_recording
 from orchestration.defs.partitions import subject_partitions
@@ -42,7 +42,7 @@ def _metadata(report: dict) -> dict[str, dg.MetadataValue | float | int | str | 
     group_name="serve",
     kinds={"mlflow", "matplotlib"},
     deps=[raw_recording, champion_model],
-    code_version=CODE_VERSIONS["activity_timeline"],
+    code_version=code_version(__file__, "activity_timeline"),
 )
 def activity_timeline(
     context: dg.AssetExecutionContext,
@@ -77,7 +77,7 @@ def activity_timeline(
     group_name="serve",
     kinds={"mlflow", "matplotlib"},
     deps=[champion_model],
-    code_version=CODE_VERSIONS["inbox_timeline"],
+    code_version=code_version(__file__, "inbox_timeline"),
 )
 def inbox_timeline(
     context: dg.AssetExecutionContext,

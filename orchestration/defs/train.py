@@ -19,7 +19,7 @@ from ml_core.evaluation.protocol import missing_bundle_files, missing_model_file
 from ml_core.io import checkpoint_digest
 from ml_core.paths import DataPaths
 from ml_core.training.config import RUN_SETTINGS, Device, TrainConfig
-from orchestration.code_versions import CODE_VERSIONS
+from orchestration.code_versions import code_version
 from orchestration.defs.automation import WEEKLY_TRAINING
 from orchestration.defs.partitions import fold_and_variant, fold_model_partitions
 from orchestration.defs.prepare import activity_shards, feature_stats, fold_manifests
@@ -96,7 +96,7 @@ def _training_slots(context: dg.AssetExecutionContext) -> int:
     group_name="train",
     kinds={"pytorch", "mlflow"},
     deps=[dg.AssetDep(variant_settings, partition_mapping=_BY_VARIANT), *_FOLD_INPUTS],
-    code_version=CODE_VERSIONS["trained_model"],
+    code_version=code_version(__file__, "trained_model"),
     automation_condition=WEEKLY_TRAINING,
     pool=TRAINING_POOL,
     retry_policy=dg.RetryPolicy(max_retries=2, delay=2),
@@ -240,7 +240,7 @@ def trained_model(
     group_name="train",
     kinds={"mlflow", "matplotlib"},
     deps=[trained_model, *_FOLD_INPUTS],
-    code_version=CODE_VERSIONS["evaluation_bundle"],
+    code_version=code_version(__file__, "evaluation_bundle"),
     automation_condition=WEEKLY_TRAINING,
     check_specs=[
         dg.AssetCheckSpec(
