@@ -27,7 +27,7 @@ import dagster as dg
 
 from ml_core.data.columns import SUBJECTS
 from ml_core.data.folds import FOLD_NAMES, SPLITS, test_subject
-from ml_core.evaluation.protocol import EvaluationProtocol, read_latest_training
+from ml_core.evaluation.protocol import EvaluationProtocol, evaluated_under
 from ml_core.models import model_names
 from ml_core.paths import DataPaths
 from ml_core.training.train import TrainConfig
@@ -242,18 +242,6 @@ def _prepare_outputs(paths: DataPaths, fold: str) -> list[Path]:
     return [*(paths.manifest(fold, split) for split in SPLITS), paths.feature_stats(fold)]
 
 
-def _trained_under(paths: DataPaths, fold: str, model: str, protocol_id: str) -> bool:
-    """The latest training of fold x model is under `protocol_id` and has been evaluated."""
-    try:
-        latest = read_latest_training(paths.model_root(fold, model))
-    except FileNotFoundError:
-        return False
-    return latest.protocol_id == protocol_id and all(
-        (paths.evaluation_dir(fold, model, protocol_id, s) / "summary_metrics.json").exists()
-        for s in latest.seeds
-    )
-
-
 def _champion(instance: dg.DagsterInstance) -> dict[str, str] | None:
     """The registered champion as `champion_model` last recorded it (version, variant, decision,
     registry link), or None when there is none."""
@@ -397,7 +385,7 @@ def run_demo(
                 staleness,
                 TRAINING_CHAIN,
                 key,
-                force or not _trained_under(paths, fold, model, protocol.id),
+                force or not evaluated_under(paths, fold, model, protocol.id),
             )
             if assets:
                 run_config = training_run_config

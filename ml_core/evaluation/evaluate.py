@@ -50,6 +50,14 @@ BUNDLE_FILES: tuple[str, ...] = (
     "reliability.png",
     "predictions.parquet",
 )
+# The bundle's plots: name, file, title.
+BUNDLE_PLOTS: tuple[tuple[str, str, str], ...] = (
+    ("confusion_plot", "confusion_matrix.png", "confusion matrix"),
+    ("roc_plot", "roc_curves.png", "ROC curves"),
+    ("pr_plot", "pr_curves.png", "precision-recall curves"),
+    ("reliability_plot", "reliability.png", "reliability diagram"),
+)
+assert {file for _, file, _ in BUNDLE_PLOTS} <= set(BUNDLE_FILES)
 DPI = 110
 # Curves are stored thinned to this many points; AUC / AP always use the full curve.
 MAX_CURVE_POINTS = 500

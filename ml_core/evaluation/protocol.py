@@ -204,6 +204,19 @@ def latest_dirs(paths: DataPaths, fold: str, variant: str) -> tuple[Path, Path]:
     )
 
 
+def evaluated_under(paths: DataPaths, fold: str, variant: str, protocol_id: str) -> bool:
+    """The latest training of `variant` on `fold` is under `protocol_id` and every seed of it
+    has been evaluated."""
+    try:
+        latest = read_latest_training(paths.model_root(fold, variant))
+    except FileNotFoundError:
+        return False
+    return latest.protocol_id == protocol_id and all(
+        (paths.evaluation_dir(fold, variant, protocol_id, s) / "summary_metrics.json").exists()
+        for s in latest.seeds
+    )
+
+
 # What a training leaves in each seed's folder (`ml_core.training.train`).
 MODEL_FILES: tuple[str, ...] = ("best.pt", "last.pt", "history.json")
 

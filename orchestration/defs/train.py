@@ -60,15 +60,6 @@ _FOLD_INPUTS = [
 ]
 
 
-# The bundle's plots, shown on the evaluation asset's page: metadata key, file, title.
-_BUNDLE_PLOTS = (
-    ("confusion_plot", "confusion_matrix.png", "confusion matrix"),
-    ("roc_plot", "roc_curves.png", "ROC curves"),
-    ("pr_plot", "pr_curves.png", "precision-recall curves"),
-    ("reliability_plot", "reliability.png", "reliability diagram"),
-)
-
-
 def _run_tags(
     context: dg.AssetExecutionContext, fold: str, variant: str, mlflow: MlflowTracking
 ) -> dict[str, str]:
@@ -268,7 +259,7 @@ def evaluation_bundle(
     missing after `pamap demo` (two models); materializing all of them trains every missing
     fold x variant first."""
     from ml_core import pipeline
-    from ml_core.evaluation.evaluate import bundle_headline
+    from ml_core.evaluation.evaluate import BUNDLE_PLOTS, bundle_headline
 
     fold, name = fold_and_variant(context)
     result = pipeline.evaluate_fold_model(
@@ -321,7 +312,7 @@ def evaluation_bundle(
             "confusion_matrix": table(result["confusion_rows"]),
             **{
                 f"{key} (image)": png_markdown(Path(result["folder"]) / file, title)
-                for key, file, title in _BUNDLE_PLOTS
+                for key, file, title in BUNDLE_PLOTS
             },
             "folder": dg.MetadataValue.path(result["folder"]),
             "mlflow_run": dg.MetadataValue.url(result["mlflow_url"]),
