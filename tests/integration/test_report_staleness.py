@@ -60,7 +60,7 @@ def _leaderboard_of_fold_results(paths: DataPaths, tracker: Any = None) -> dict[
     folds = {p.stem: json.loads(p.read_text()) for p in sorted(paths.reports.glob("folds/*.json"))}
     write_json(folds, paths.reports / "leaderboard.json")
     return {
-        "board": {"sweep_summary": []},
+        "board": {"protocols": [], "sweep_summary": []},
         "markdown": "",
         "n_records": sum(len(rows) for rows in folds.values()),
         "plot_data_uri": "",
