@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -225,39 +226,46 @@ def _relative(paths: DataPaths, files: list[Path]) -> list[str]:
     return [str(f.relative_to(paths.root)) for f in files if not f.is_file()]
 
 
-def missing_model_files(paths: DataPaths, fold: str, variant: str) -> list[str]:
-    """The files of the latest training of `variant` on `fold` that are gone, relative to the
-    data root (its `latest.json` when even that is gone)."""
+def _missing_training_files(
+    paths: DataPaths,
+    fold: str,
+    variant: str,
+    seed_files: Callable[[str, int], Iterable[Path]],
+) -> list[str]:
+    """The files `seed_files(protocol id, seed)` names for each seed of the latest training of
+    `variant` on `fold` that are gone, relative to the data root (its `latest.json` when even
+    that is gone)."""
     root = paths.model_root(fold, variant)
     try:
         latest = read_latest_training(root)
     except FileNotFoundError:
         return _relative(paths, [latest_training_path(root)])
     return _relative(
+        paths, [f for seed in latest.seeds for f in seed_files(latest.protocol_id, seed)]
+    )
+
+
+def missing_model_files(paths: DataPaths, fold: str, variant: str) -> list[str]:
+    """The model files of the latest training of `variant` on `fold` that are gone."""
+    return _missing_training_files(
         paths,
-        [
-            paths.model_dir(fold, variant, latest.protocol_id, seed) / name
-            for seed in latest.seeds
-            for name in MODEL_FILES
-        ],
+        fold,
+        variant,
+        lambda protocol_id, seed: (
+            paths.model_dir(fold, variant, protocol_id, seed) / name for name in MODEL_FILES
+        ),
     )
 
 
 def missing_bundle_files(paths: DataPaths, fold: str, variant: str) -> list[str]:
-    """The evaluation bundle files of the latest training of `variant` on `fold` that are gone,
-    relative to the data root (the training's `latest.json` when that is gone)."""
+    """The evaluation bundle files of the latest training of `variant` on `fold` that are gone."""
     from ml_core.evaluation.evaluate import bundle_files
 
-    root = paths.model_root(fold, variant)
-    try:
-        latest = read_latest_training(root)
-    except FileNotFoundError:
-        return _relative(paths, [latest_training_path(root)])
-    return _relative(
+    return _missing_training_files(
         paths,
-        [
-            file
-            for seed in latest.seeds
-            for file in bundle_files(paths.evaluation_dir(fold, variant, latest.protocol_id, seed))
-        ],
+        fold,
+        variant,
+        lambda protocol_id, seed: bundle_files(
+            paths.evaluation_dir(fold, variant, protocol_id, seed)
+        ),
     )
